@@ -1,0 +1,28 @@
+"""Pure-PyTorch core: partition, heads, the interleaved engine and memory accounting."""
+
+from lightning_mpc.core.engine import HorizonEngine, horizon_backward
+from lightning_mpc.core.heads import HeadSpec, LocalHead, build_heads, default_local_loss, infer_head_spec
+from lightning_mpc.core.hooks import BlockHooks
+from lightning_mpc.core.memory import BlockProfile, SavedTensorMeter, preserved_buffers, profile_blocks
+from lightning_mpc.core.partition import BlockSpan, partition
+from lightning_mpc.core.schedule import MODES, Mode, target_depths
+
+__all__ = [
+    "MODES",
+    "BlockHooks",
+    "BlockProfile",
+    "BlockSpan",
+    "HeadSpec",
+    "HorizonEngine",
+    "LocalHead",
+    "Mode",
+    "SavedTensorMeter",
+    "build_heads",
+    "default_local_loss",
+    "horizon_backward",
+    "infer_head_spec",
+    "partition",
+    "preserved_buffers",
+    "profile_blocks",
+    "target_depths",
+]
