@@ -24,7 +24,7 @@ from lightning_mpc.core.engine import HorizonEngine, iter_parameters
 from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss, infer_head_spec
 from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import describe
+from lightning_mpc.core.partition import describe, run_blocks
 from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
 from lightning_mpc.lightning.mixin import (
     HEADS_ATTRIBUTE,
@@ -129,7 +129,10 @@ class MPCController:
         try:
             module.eval()
             with torch.no_grad(), preserved_buffers([module]):
-                if isinstance(example, Mapping):
+                if type(module).forward is pl.LightningModule.forward:
+                    # No forward of its own: training_step calls the network directly.
+                    run_blocks(blocks, example)
+                elif isinstance(example, Mapping):
                     module(**example)
                 elif isinstance(example, tuple):
                     module(*example)

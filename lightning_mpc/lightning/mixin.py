@@ -145,7 +145,7 @@ class MPCMixin:
     """
 
     mpc_blocks: list[nn.Module]
-    mpc_heads: nn.ModuleList | None = None
+    mpc_heads: nn.ModuleList  # registered by the strategy's setup; no class default, it would shadow the submodule
     _mpc_head_specs: list[HeadSpec] | None = None
 
     def configure_blocks(self) -> Sequence[nn.Module] | nn.Module:

@@ -1,0 +1,97 @@
+"""LightningModules and data shared by the Lightning tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_mpc import MPCMixin
+
+
+def mlp_net(in_features: int = 6, width: int = 16, classes: int = 3, depth: int = 5) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Sequential(nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.Tanh())]
+    layers += [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth - 2)]
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
+
+
+def small_resnet(classes: int = 3) -> nn.Module:
+    return torchvision.models.resnet18(weights=None, num_classes=classes)
+
+
+class Classifier(MPCMixin, L.LightningModule):
+    """An ordinary classification module; only the MPCMixin base is added."""
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        heads: nn.ModuleList | None = None,
+        lr: float = 0.05,
+        flatten: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = net if net is not None else mlp_net()
+        object.__setattr__(self, "_given_heads", heads)  # not a submodule: configure_heads hands it over
+        self.lr = lr
+        self.flatten = flatten
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1) if self.flatten else x)
+
+    def configure_heads(self) -> nn.ModuleList | None:
+        return self._given_heads
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def vector_data(n: int = 64, features: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, features, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+
+def image_data(n: int = 16, size: int = 16, classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+
+def loader(dataset: TensorDataset, batch_size: int = 8) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def trainer(**kwargs: Any) -> L.Trainer:
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**(defaults | kwargs))
+
+
+def twins(module: Classifier) -> tuple[Classifier, Classifier]:
+    """Two identical copies."""
+    return copy.deepcopy(module), copy.deepcopy(module)
