@@ -88,8 +88,8 @@ class HorizonEngine:
         self._members: dict[int, list[int]] = {}
         for block, depth in enumerate(self.depths):
             self._members.setdefault(depth, []).append(block)
-        self._block_params = [_trainable(block) for block in blocks]
-        self._head_params = [_trainable(head) for head in heads]
+        self._block_params: list[list[nn.Parameter]] = []
+        self._head_params: list[list[nn.Parameter]] = []
         self._loss_fn: LossOnPrediction | None = None
         self._scale: LossScale | None = None
         self._reset_state()
@@ -121,6 +121,9 @@ class HorizonEngine:
                 number of accumulated batches). Defaults to the identity.
         """
         self._reset_state()
+        # Read per step: a callback may freeze or unfreeze parameters between steps.
+        self._block_params = [_trainable(block) for block in self.blocks]
+        self._head_params = [_trainable(head) for head in self.heads]
         self._loss_fn = loss_fn
         self._scale = scale
 

@@ -292,3 +292,26 @@ def test_gpu_accelerator_selects_the_cuda_device() -> None:
     module = Classifier()
     t.fit(module, loader(vector_data()))
     assert next(module.parameters()).device.type == "cpu"  # Lightning moves the model back at teardown
+
+
+def test_parameters_frozen_during_training_stop_learning() -> None:
+    class FreezeFirstBlock(Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == 2:
+                pl_module.net[0].requires_grad_(False)
+
+    torch.manual_seed(0)
+    module = Classifier()
+    snapshot: dict[str, torch.Tensor] = {}
+
+    class Snapshot(Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+            if trainer.global_step == 2:
+                snapshot.update({k: v.clone() for k, v in pl_module.net[0].state_dict().items()})
+
+    trainer(strategy=MPCStrategy(horizon=2), callbacks=[FreezeFirstBlock(), Snapshot()]).fit(
+        module, loader(vector_data())
+    )
+    for name, value in module.net[0].state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            torch.testing.assert_close(value, snapshot[name], msg=lambda m: f"{name} moved after freezing: {m}")
