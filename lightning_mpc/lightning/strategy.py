@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.strategies import _StrategyRegistry
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import Tensor
-from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_mpc.core.schedule import Mode
+from lightning_mpc.lightning.base import MPCStrategyMixin
 from lightning_mpc.lightning.controller import MPCController
 
 __all__ = ["MPCStrategy"]
 
 
-class MPCStrategy(SingleDeviceStrategy):
+class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
     """Train with the model-predictive-control rule: each block learns from a loss ``horizon`` blocks ahead.
 
     The network inside the ``LightningModule`` (its only ``nn.Sequential`` or torchvision ``ResNet``
@@ -69,27 +64,11 @@ class MPCStrategy(SingleDeviceStrategy):
         self.parallel_devices = parallel_devices
 
     @property
-    def horizon(self) -> int:
-        """The horizon ``h``."""
-        return self.mpc.horizon
-
-    @property
-    def mode(self) -> Mode:
-        """The window mode, ``"sliding"`` or ``"block"``."""
-        return self.mpc.mode
-
-    @property
     @override
     def root_device(self) -> torch.device:
         if self.parallel_devices:
             return self.parallel_devices[0]
         return self._root_device
-
-    @property
-    @override
-    def restore_checkpoint_after_setup(self) -> bool:
-        # The local heads are created in setup; a checkpoint that carries them loads after that.
-        return True
 
     @override
     def setup_environment(self) -> None:
@@ -100,53 +79,6 @@ class MPCStrategy(SingleDeviceStrategy):
                 "HINT: pass devices=1, or use strategy='mpc_ddp' for several devices."
             )
         super().setup_environment()
-
-    @override
-    def setup_optimizers(self, trainer: pl.Trainer) -> None:
-        assert self.lightning_module is not None
-        self.mpc.prepare(trainer, self.lightning_module, self.root_device)
-        super().setup_optimizers(trainer)
-        self.mpc.check_optimizers(self.lightning_module, self.optimizers)
-
-    @override
-    def training_step(self, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        assert self.lightning_module is not None
-        batch = args[0] if args else kwargs.get("batch")
-        trainer = self.lightning_module.trainer
-        self.mpc.begin_step(
-            trainer, self.lightning_module, batch, self.optimizers, getattr(self.precision_plugin, "scaler", None)
-        )
-        try:
-            output = super().training_step(*args, **kwargs)
-        except BaseException:
-            self.mpc.abort()
-            raise
-        self.mpc.end_step(output)
-        return output
-
-    @override
-    def backward(self, closure_loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
-        self.pre_backward(closure_loss)
-        assert self.lightning_module is not None
-        closure_loss = self.precision_plugin.pre_backward(closure_loss, self.lightning_module)
-        self.precision_plugin.backward(closure_loss, self.lightning_module, optimizer, *args, **kwargs)
-        # The final loss reached the last block's output; carry it through the last window before
-        # Lightning's on_after_backward, clipping and the optimizer step see the gradients.
-        self.mpc.complete()
-        closure_loss = self.precision_plugin.post_backward(closure_loss, self.lightning_module)
-        self.post_backward(closure_loss)
-        return closure_loss
-
-    @override
-    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
-        assert self.lightning_module is not None
-        self.mpc.restore_heads(self.lightning_module, checkpoint)
-        super().load_model_state_dict(checkpoint, strict=strict)
-
-    @override
-    def teardown(self) -> None:
-        self.mpc.teardown(self.lightning_module)
-        super().teardown()
 
     @classmethod
     @override
