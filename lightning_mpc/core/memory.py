@@ -132,30 +132,65 @@ def preserved_buffers(modules: Iterable[nn.Module | None]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class BlockProfile:
-    """Activation bytes each block and each head (with its loss) saves for backward, measured alone.
+    """Activation storages each block and each head (with its loss) saves for backward.
+
+    Storages are identified across blocks, so a tensor saved both by a block (as its output) and by the
+    next block or head (as its input) is counted once, as in a real step.
 
     Attributes:
-        block_bytes: one entry per block.
+        block_bytes: one entry per block: the bytes its graph saves.
         head_bytes: one entry per depth ``1..T``: head ``j-1`` with its loss for ``j < T``, the final
             loss for ``j = T``.
+        block_storages: per block, the bytes of every distinct storage it saves, by storage key.
+        head_storages: per depth, likewise for the head and its loss.
     """
 
     block_bytes: list[int]
     head_bytes: list[int]
+    block_storages: list[dict[Any, int]]
+    head_storages: list[dict[Any, int]]
+
+    def _union_bytes(self, groups: Iterable[dict[Any, int]]) -> int:
+        union: dict[Any, int] = {}
+        for group in groups:
+            union.update(group)
+        return sum(union.values())
 
     def window_limit(self, horizon: int, mode: Mode = "sliding") -> int:
         """The physical limit for a horizon: the largest window of blocks held together, plus its head."""
         num_blocks = len(self.block_bytes)
         spans = windows(num_blocks, horizon, mode)
         return max(
-            sum(self.block_bytes[k] for k in span) + self.head_bytes[depth - 1]
+            self._union_bytes([*(self.block_storages[k] for k in span), self.head_storages[depth - 1]])
             for depth, span in enumerate(spans, start=1)
         )
 
     @property
     def backprop_bytes(self) -> int:
         """Every block plus the final loss: the figure for back-propagation."""
-        return sum(self.block_bytes) + self.head_bytes[-1]
+        return self._union_bytes([*self.block_storages, self.head_storages[-1]])
+
+
+class _StorageRecorder:
+    """Saved-tensor hooks that note every storage saved while active and keep it alive (unique keys)."""
+
+    def __init__(self, exclude: set[tuple[str, int]]) -> None:
+        self.exclude = exclude
+        self.keep: list[Tensor] = []
+        self.found: dict[Any, int] = {}
+
+    def pack(self, tensor: Tensor) -> Tensor:
+        key = _storage_key(tensor)
+        if key not in self.exclude and not isinstance(tensor, nn.Parameter):
+            self.found[key] = tensor.untyped_storage().nbytes()
+            self.keep.append(tensor.detach())
+        return tensor.detach()
+
+    def record(self, fn: Callable[[], Tensor]) -> tuple[Tensor, dict[Any, int]]:
+        self.found = {}
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
+            out = fn()
+        return out, self.found
 
 
 def profile_blocks(
@@ -165,31 +200,30 @@ def profile_blocks(
     target: Any,
     loss_fn: Callable[[Tensor, Any], Tensor],
 ) -> BlockProfile:
-    """Measure the activation bytes of every block and head, one at a time.
+    """Measure the activation storages of every block and head on one batch.
 
-    Each block runs on a detached copy of its input that requires grad, as in the interleaved
-    schedule. Buffers (BatchNorm statistics) are restored afterwards.
+    Each block runs once, on a detached copy of the previous output that requires grad, as in the
+    interleaved schedule; every saved storage stays alive until the profile is done, so storages are
+    identified exactly across blocks. Peak memory while profiling is that of back-propagation.
+    Buffers (BatchNorm statistics) are restored afterwards.
     """
     modules: list[nn.Module | None] = [*blocks, *heads]
-    exclude = [p for m in modules if m is not None for p in m.parameters()]
-    block_bytes: list[int] = []
-    head_bytes: list[int] = []
+    recorder = _StorageRecorder({_storage_key(p) for m in modules if m is not None for p in m.parameters()})
+    block_storages: list[dict[Any, int]] = []
+    head_storages: list[dict[Any, int]] = []
     with preserved_buffers(modules):
         current = x
         for index, block in enumerate(blocks):
             inp = current.detach().requires_grad_(current.is_floating_point() and index > 0)
-            meter = SavedTensorMeter(exclude=exclude)
-            with meter:
-                out = block(inp)
-            block_bytes.append(meter.current_bytes)
-            del out
-            with torch.no_grad():
-                current = block(inp)
+            current, found = recorder.record(lambda: block(inp))
+            block_storages.append(found)
             head = heads[index] if index < len(heads) else None
-            meter = SavedTensorMeter(exclude=exclude)
             leaf = current.detach().requires_grad_(current.is_floating_point())
-            with meter:
-                loss = loss_fn(leaf if head is None else head(leaf), target)
-            head_bytes.append(meter.current_bytes)
-            del loss
-    return BlockProfile(block_bytes, head_bytes)
+            _, found = recorder.record(lambda: loss_fn(leaf if head is None else head(leaf), target))
+            head_storages.append(found)
+    return BlockProfile(
+        block_bytes=[sum(s.values()) for s in block_storages],
+        head_bytes=[sum(s.values()) for s in head_storages],
+        block_storages=block_storages,
+        head_storages=head_storages,
+    )
