@@ -4,6 +4,7 @@ from lightning_mpc.core.engine import HorizonEngine, horizon_backward
 from lightning_mpc.core.heads import HeadSpec, LocalHead, build_heads, default_local_loss, infer_head_spec
 from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.memory import BlockProfile, SavedTensorMeter, preserved_buffers, profile_blocks
+from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.partition import BlockSpan, partition
 from lightning_mpc.core.schedule import MODES, Mode, target_depths
 
@@ -12,6 +13,7 @@ __all__ = [
     "BlockHooks",
     "BlockProfile",
     "BlockSpan",
+    "EngineObserver",
     "HeadSpec",
     "HorizonEngine",
     "LocalHead",

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.schedule import Mode, target_depths, validate_mode
 
 LossOnPrediction = Callable[[Tensor], Tensor]
@@ -92,6 +93,10 @@ class HorizonEngine:
         self._head_params: list[list[nn.Parameter]] = []
         self._loss_fn: LossOnPrediction | None = None
         self._scale: LossScale | None = None
+        self.on_grad_ready: Callable[[nn.Module], None] | None = None
+        """Called with a block or head once its gradient for the step is complete (e.g. to start its all-reduce)."""
+        self.observer: EngineObserver | None = None
+        """Receives the step's events (timing, memory, telemetry): an :class:`EngineObserver`, or ``None``."""
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -126,6 +131,8 @@ class HorizonEngine:
         self._head_params = [_trainable(head) for head in self.heads]
         self._loss_fn = loss_fn
         self._scale = scale
+        if self.observer is not None:
+            self.observer.step_started()
 
     def reset(self) -> None:
         """Abandon the current step and release every graph it holds."""
@@ -141,6 +148,8 @@ class HorizonEngine:
         if index != self._next or self._started == index:
             raise RuntimeError(self._order_message(index))
         self._started = index
+        if self.observer is not None:
+            self.observer.block_started(index)
 
     def block_output(self, index: int, output: Tensor) -> Tensor:
         """Take block ``index``'s output, run every backward that is now due, and return the leaf to feed forward.
@@ -162,6 +171,8 @@ class HorizonEngine:
                 "expected a Tensor. HINT: blocks must map one tensor to one tensor; wrap multi-output "
                 "modules so that they return a single tensor."
             )
+        if self.observer is not None:
+            self.observer.block_finished(index, output)
         self._outputs[index] = output if output.requires_grad else None
         leaf = _leaf(output)
         depth = index + 1
@@ -179,14 +190,23 @@ class HorizonEngine:
         prediction = leaf if head is None else head(leaf)
         loss = self._loss_fn(prediction)
         self.local_losses[index] = loss.detach()
+        observer = self.observer
+        if observer is not None:
+            observer.local_loss(index, prediction, loss)
         closes_window = depth in self._members and leaf.requires_grad
         inputs: list[Tensor] = list(self._head_params[index])
         if closes_window:
             inputs.append(leaf)
         if inputs and loss.requires_grad:
             scaled = loss if self._scale is None else self._scale(loss)
+            if observer is not None:
+                observer.backward_started(index)
             with _no_autocast(leaf.device):
                 torch.autograd.backward(scaled, inputs=inputs)
+            if observer is not None:
+                observer.backward_finished(index)
+        if head is not None and self._head_params[index]:
+            self._grad_ready(head)
         if depth in self._members:
             self._chain(depth, self._take_grad(leaf) if closes_window else None)
 
@@ -201,8 +221,14 @@ class HorizonEngine:
                 "HINT: every block must run exactly once per training step, in order."
             )
         last = self._leaves[self.num_blocks]
-        self._chain(self.num_blocks, None if last is None else self._take_grad(last))
+        grad = None if last is None else self._take_grad(last)
+        observer = self.observer
+        if observer is not None:
+            observer.output_gradient(grad)
+        self._chain(self.num_blocks, grad)
         self.reset()
+        if observer is not None:
+            observer.step_completed()
 
     def finish(self, final_loss: Tensor) -> None:
         """Back-propagate the final loss (scaled like the local ones) and complete the step."""
@@ -232,13 +258,22 @@ class HorizonEngine:
                 if pass_down:
                     inputs.append(leaf_in)  # type: ignore[arg-type]
                 if inputs:
+                    if self.observer is not None:
+                        self.observer.backward_started(block)
                     with _no_autocast(output.device):
                         torch.autograd.backward(output, grad, inputs=inputs, retain_graph=not is_member)
+                    if self.observer is not None:
+                        self.observer.backward_finished(block)
                 grad = self._take_grad(leaf_in) if pass_down else None  # type: ignore[arg-type]
             else:
                 grad = None
             if is_member:
                 self._outputs[block] = None  # the last loss that needed this graph has been used
+                self._grad_ready(self.blocks[block])
+
+    def _grad_ready(self, module: nn.Module) -> None:
+        if self.on_grad_ready is not None:
+            self.on_grad_ready(module)
 
     def _order_message(self, index: int) -> str:
         return (
@@ -259,6 +294,7 @@ def horizon_backward(
     mode: Mode = "sliding",
     *,
     scale: LossScale | None = None,
+    observer: EngineObserver | None = None,
 ) -> Tensor:
     """Accumulate horizon-truncated gradients into every block and head parameter.
 
@@ -280,14 +316,18 @@ def horizon_backward(
         mode: ``"sliding"`` or ``"block"``.
         scale: optional map applied to every loss before its backward (e.g. a ``GradScaler``'s
             ``scale`` or a division by the number of accumulated batches).
+        observer: receives the step's events (per-block timing, memory, losses); see
+            :class:`~lightning_mpc.core.observer.EngineObserver` and :class:`lightning_mpc.telemetry.StepRecorder`.
 
     Returns:
         The final loss, detached.
     """
     engine = HorizonEngine(blocks, heads, horizon, mode)
+    engine.observer = observer
     engine.start(lambda prediction: loss_fn(prediction, target), scale)
     try:
         for index, block in enumerate(engine.blocks):
+            engine.block_started(index)
             x = engine.block_output(index, block(x))
         final = loss_fn(x, target)
         engine.finish(final)

@@ -1,6 +1,8 @@
 """Lightning integration: the strategy, the LightningModule mixin and their shared controller."""
 
+from lightning_mpc.lightning.ddp import MPCDDPStrategy
+from lightning_mpc.lightning.horizon_finder import HorizonFinder
 from lightning_mpc.lightning.mixin import MPCMixin
 from lightning_mpc.lightning.strategy import MPCStrategy
 
-__all__ = ["MPCMixin", "MPCStrategy"]
+__all__ = ["HorizonFinder", "MPCDDPStrategy", "MPCMixin", "MPCStrategy"]

@@ -46,7 +46,8 @@ class Classifier(MPCMixin, L.LightningModule):
         return self.net(x.flatten(1) if self.flatten else x)
 
     def configure_heads(self) -> nn.ModuleList | None:
-        return self._given_heads
+        # A copy: under a spawn launcher the given heads would otherwise share memory across processes.
+        return copy.deepcopy(self._given_heads)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
@@ -95,3 +96,29 @@ def trainer(**kwargs: Any) -> L.Trainer:
 def twins(module: Classifier) -> tuple[Classifier, Classifier]:
     """Two identical copies."""
     return copy.deepcopy(module), copy.deepcopy(module)
+
+
+class RankShardSampler(torch.utils.data.Sampler[int]):
+    """Cuts every joint batch of ``joint_batch`` samples into equal, ordered shards, one per process.
+
+    Averaging the processes' gradients then equals one process on the joint batch (mean losses).
+    """
+
+    def __init__(self, num_samples: int, joint_batch: int) -> None:
+        self.num_samples = num_samples
+        self.joint_batch = joint_batch
+
+    def _rank_world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rank, world = self._rank_world()
+        shard = self.joint_batch // world
+        for start in range(0, self.num_samples - self.joint_batch + 1, self.joint_batch):
+            yield from range(start + rank * shard, start + (rank + 1) * shard)
+
+    def __len__(self) -> int:
+        rank, world = self._rank_world()
+        return (self.num_samples // self.joint_batch) * (self.joint_batch // world)

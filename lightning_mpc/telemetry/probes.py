@@ -1,0 +1,529 @@
+"""Measurements that need extra computation: gradient alignment, back-propagation's memory, gradient norms.
+
+Every probe leaves the model as it found it: parameters' ``.grad`` are saved and restored (or never
+written: back-propagation's gradient is taken with :func:`torch.autograd.grad`), buffers such as
+BatchNorm running statistics are restored (:func:`~lightning_mpc.core.memory.preserved_buffers`), and
+the random state is forked, so dropout masks drawn by a probe do not shift the training run's.
+
+The alignment of a block is the cosine between the update the horizon rule gives its parameters and
+the true (back-propagation) gradient of the final loss on the same batch, with the same parameters and
+the same random draws: the quantity Ren & Li's analysis bounds (``1 - cos^2 = O((1 - h/T)^3)`` in
+deep linear networks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_mpc.core.engine import horizon_backward
+from lightning_mpc.core.memory import preserved_buffers
+from lightning_mpc.core.partition import hook_points
+from lightning_mpc.core.schedule import Mode
+
+__all__ = [
+    "Alignment",
+    "BackpropMemory",
+    "BlockInputCapture",
+    "RandomState",
+    "backprop_block_gradients",
+    "backprop_memory",
+    "block_grad_norms",
+    "block_parameters",
+    "first_block_input",
+    "gradient_alignment",
+    "measure_alignment",
+]
+
+Gradients = Sequence[Sequence[Tensor | None]]
+"""One list of gradients per block, in the order of :func:`block_parameters`."""
+
+
+def block_parameters(blocks: Sequence[nn.Module]) -> list[list[nn.Parameter]]:
+    """The trainable parameters of every block, in ``parameters()`` order."""
+    return [[p for p in block.parameters() if p.requires_grad] for block in blocks]
+
+
+# --------------------------------------------------------------------------- random state
+@dataclass(frozen=True)
+class RandomState:
+    """The CPU generator's state and, when the device is CUDA, that device's generator state."""
+
+    cpu: Tensor
+    cuda: Tensor | None = None
+    device: torch.device | None = None
+
+    @classmethod
+    def capture(cls, device: torch.device | None = None) -> RandomState:
+        """The current random state (of ``device`` too when it is a CUDA device)."""
+        if device is not None and device.type == "cuda":
+            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(device), device)
+        return cls(torch.get_rng_state())
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        """Run the block from this state, and put the generators back as they were on exit."""
+        devices = [self.device] if self.cuda is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device | None) -> Iterator[None]:
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _device_of(modules: Iterable[nn.Module | None], x: Any) -> torch.device | None:
+    if isinstance(x, Tensor):
+        return x.device
+    for module in modules:
+        if module is None:
+            continue
+        for tensor in (*module.parameters(), *module.buffers()):
+            return tensor.device
+    return None
+
+
+# --------------------------------------------------------------------------- block input
+class _Captured(Exception):
+    """Raised by the capture hook to stop a forward once block 0's input is known."""
+
+
+class BlockInputCapture:
+    """A forward pre-hook on block 0's entry module that records the block's input when armed.
+
+    The hook keeps the input detached (it shares the input's storage; no graph) and, if asked, the
+    random state at that moment, so that a probe can replay the blocks with the same dropout masks.
+
+    Args:
+        blocks: the blocks; the hook goes on the module whose input is block 0's
+            (:func:`~lightning_mpc.core.partition.hook_points`).
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+        entry, _ = hook_points(blocks[0])
+        self.input: Tensor | None = None
+        self.random_state: RandomState | None = None
+        self._armed = False
+        self._with_rng = False
+        self._handle: RemovableHandle | None = entry.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        first = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(first, Tensor):
+            self.input = first.detach()
+            if self._with_rng:
+                self.random_state = RandomState.capture(first.device)
+
+    def arm(self, random_state: bool = False) -> None:
+        """Record the input of the next forward of block 0 (and the random state if ``random_state``)."""
+        self.clear()
+        self._armed = True
+        self._with_rng = random_state
+
+    def clear(self) -> None:
+        """Forget what was recorded and disarm."""
+        self.input = None
+        self.random_state = None
+        self._armed = False
+
+    def remove(self) -> None:
+        """Remove the hook from the module."""
+        self.clear()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def first_block_input(blocks: Sequence[nn.Module], run: Callable[[], Any]) -> Tensor:
+    """Block 0's input when ``run()`` calls the model, without running any block.
+
+    ``run`` is stopped by an exception as soon as block 0 is about to run, so only what the model's
+    ``forward`` does before its first block is computed.
+
+    Raises:
+        RuntimeError: if ``run`` returns without calling block 0 on a tensor.
+    """
+    entry, _ = hook_points(blocks[0])
+
+    def hook(module: nn.Module, args: Any) -> None:
+        first = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(first, Tensor):
+            captured.append(first.detach())
+            raise _Captured
+
+    captured: list[Tensor] = []
+    handle = entry.register_forward_pre_hook(hook)
+    try:
+        run()
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(
+            f"The model's forward did not call block 0 ({type(blocks[0]).__name__}) on a tensor. "
+            "HINT: blocks must be submodules that forward() applies in order (configure_blocks())."
+        )
+    return captured[0]
+
+
+# --------------------------------------------------------------------------- alignment
+@dataclass(frozen=True)
+class Alignment:
+    """Cosines between the horizon rule's update and back-propagation's gradient.
+
+    Attributes:
+        blocks: one cosine per block over its parameters; ``nan`` for a block without trainable
+            parameters or whose back-propagation gradient is zero, ``0`` when only the update is zero.
+        total: the cosine of the two gradients concatenated over every block's parameters.
+    """
+
+    blocks: list[float]
+    total: float
+
+
+def _float_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _cosine(dot: float, update_sq: float, reference_sq: float) -> float:
+    if reference_sq == 0.0 or not math.isfinite(reference_sq):
+        return float("nan")
+    if update_sq == 0.0:
+        return 0.0
+    return dot / math.sqrt(update_sq * reference_sq)
+
+
+def gradient_alignment(
+    update: Gradients,
+    reference: Gradients,
+    parameters: Sequence[Sequence[nn.Parameter]] | None = None,
+) -> Alignment:
+    """Per-block and whole-network cosine between two sets of block gradients.
+
+    Args:
+        update: the horizon rule's gradients, one list per block (``None`` means zero).
+        reference: back-propagation's gradients, same structure.
+        parameters: the parameters the gradients belong to; when given, a parameter shared by
+            several blocks counts once in :attr:`Alignment.total`.
+    """
+    if len(update) != len(reference):
+        raise ValueError(f"Got gradients for {len(update)} and {len(reference)} blocks; they must match.")
+    rows: list[list[float]] = []
+    seen: set[int] = set()
+    total: Tensor | None = None
+    for index, (upd, ref) in enumerate(zip(update, reference)):
+        if len(upd) != len(ref):
+            raise ValueError(f"Block {index}: {len(upd)} update gradients against {len(ref)} reference gradients.")
+        terms: Tensor | None = None
+        for position, (u, r) in enumerate(zip(upd, ref)):
+            like = u if u is not None else r
+            if like is None:
+                continue
+            dtype = _float_dtype(like.device)
+            u64 = torch.zeros_like(like, dtype=dtype) if u is None else u.detach().to(dtype)
+            r64 = torch.zeros_like(like, dtype=dtype) if r is None else r.detach().to(like.device, dtype)
+            part = torch.stack([(u64 * r64).sum(), (u64 * u64).sum(), (r64 * r64).sum()]).cpu().double()
+            terms = part if terms is None else terms + part
+            key = id(parameters[index][position]) if parameters is not None else None
+            if key is None or key not in seen:
+                total = part if total is None else total + part
+            if key is not None:
+                seen.add(key)
+        rows.append([0.0, 0.0, 0.0] if terms is None else terms.tolist())
+    per_block = [_cosine(*row) if (u or r) else float("nan") for row, u, r in zip(rows, update, reference)]
+    total_terms = [0.0, 0.0, 0.0] if total is None else total.tolist()
+    return Alignment(blocks=per_block, total=_cosine(*total_terms))
+
+
+def _run_blocks_replaying_heads(
+    blocks: Sequence[nn.Module], heads: Sequence[nn.Module | None], x: Tensor
+) -> Tensor:
+    """The blocks' forward with grad, heads run without grad in between so random draws line up with MPC's."""
+    out = x
+    for index, block in enumerate(blocks):
+        out = block(out)
+        head = heads[index] if index < len(heads) else None
+        if head is not None and isinstance(out, Tensor):
+            with torch.no_grad():
+                head(out.detach())
+    return out
+
+
+def backprop_block_gradients(
+    blocks: Sequence[nn.Module],
+    heads: Sequence[nn.Module | None],
+    x: Tensor,
+    *,
+    grad_output: Tensor | None = None,
+    loss: Callable[[Tensor], Tensor] | None = None,
+    random_state: RandomState | None = None,
+    forward_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> list[list[Tensor | None]]:
+    """Back-propagation's gradient of every block's trainable parameters, without touching ``.grad``.
+
+    The blocks run on ``x`` (block 0's input) with gradients enabled; the heads run in between without
+    gradients, so that a stochastic head draws random numbers in the same order as under the horizon
+    engine. Buffers are restored afterwards and the random state is forked (``random_state`` is the state
+    to start from, e.g. the one recorded when the training step's block 0 started).
+
+    Args:
+        blocks: the blocks.
+        heads: the local heads (``[]`` to skip the replay).
+        x: block 0's input.
+        grad_output: the final loss's gradient at the last block's output (as the training step computed
+            it, with its own loss and scaling); exclusive with ``loss``.
+        loss: maps the last block's output to the final loss; exclusive with ``grad_output``.
+        random_state: the random state to replay the forward from.
+        forward_context: a context for the forward (e.g. the precision plugin's autocast).
+
+    Returns:
+        One list per block, in the order of :func:`block_parameters` (``None`` where a parameter gets no
+        gradient).
+    """
+    if (grad_output is None) == (loss is None):
+        raise ValueError("Pass exactly one of grad_output and loss.")
+    params = block_parameters(blocks)
+    flat = [p for group in params for p in group]
+    device = _device_of(blocks, x)
+    rng = random_state.replay() if random_state is not None else _forked_rng(device)
+    context = forward_context() if forward_context is not None else contextlib.nullcontext()
+    with preserved_buffers([*blocks, *heads]), rng, torch.enable_grad():
+        with context:
+            out = _run_blocks_replaying_heads(blocks, heads, x.detach())
+            target = out if loss is None else loss(out)
+        if not flat or not target.requires_grad:
+            grads: Sequence[Tensor | None] = [None] * len(flat)
+        else:
+            grads = torch.autograd.grad(
+                target, flat, grad_outputs=grad_output if loss is None else None, allow_unused=True
+            )
+    result: list[list[Tensor | None]] = []
+    position = 0
+    for group in params:
+        result.append(list(grads[position : position + len(group)]))
+        position += len(group)
+    return result
+
+
+@contextlib.contextmanager
+def _isolated_grads(parameters: Sequence[nn.Parameter]) -> Iterator[None]:
+    saved = [p.grad for p in parameters]
+    for p in parameters:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, grad in zip(parameters, saved):
+            p.grad = grad
+
+
+def measure_alignment(
+    blocks: Sequence[nn.Module],
+    heads: Sequence[nn.Module | None],
+    x: Tensor,
+    target: Any,
+    loss_fn: Callable[[Tensor, Any], Tensor],
+    horizon: int,
+    mode: Mode = "sliding",
+) -> Alignment:
+    """Alignment of the horizon rule with back-propagation on one batch, leaving the model untouched.
+
+    Runs :func:`~lightning_mpc.horizon_backward` and back-propagation from the same random state, on the
+    same parameters, and compares the block gradients. ``.grad``, buffers and the random state are as
+    before the call. Costs one horizon step and one back-propagation step.
+
+    Args:
+        blocks: the blocks.
+        heads: the local heads.
+        x: block 0's input.
+        target: the second argument of ``loss_fn``.
+        loss_fn: ``loss_fn(prediction, target) -> scalar``, for the heads and the final output alike.
+        horizon: ``h``.
+        mode: ``"sliding"`` or ``"block"``.
+    """
+    params = block_parameters(blocks)
+    every = [p for group in params for p in group] + [p for h in heads if h is not None for p in h.parameters()]
+    device = _device_of(blocks, x)
+    start = RandomState.capture(device)
+    with _isolated_grads(every), preserved_buffers([*blocks, *heads]), start.replay():
+        horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)
+        update = [[p.grad for p in group] for group in params]
+    reference = backprop_block_gradients(
+        blocks, heads, x, loss=lambda out: loss_fn(out, target), random_state=start
+    )
+    return gradient_alignment(update, reference, params)
+
+
+# --------------------------------------------------------------------------- memory
+def _storage_key(tensor: Tensor) -> tuple[str, int]:
+    return (str(tensor.device), tensor.untyped_storage().data_ptr())
+
+
+class _StorageCounter:
+    """Sizes of the distinct storages saved for backward while active (parameters excluded)."""
+
+    def __init__(self, excluded: set[tuple[str, int]]) -> None:
+        self.excluded = excluded
+        self.sizes: dict[tuple[str, int], int] = {}
+
+    def _pack(self, tensor: Tensor) -> Any:
+        key = _storage_key(tensor)
+        if key in self.excluded or isinstance(tensor, nn.Parameter):
+            return tensor
+        self.sizes.setdefault(key, tensor.untyped_storage().nbytes())
+        # A detached alias: keeping the tensor itself would keep its grad_fn alive (a reference cycle).
+        return tensor.detach()
+
+    @staticmethod
+    def _unpack(tensor: Tensor) -> Tensor:
+        return tensor
+
+    def hooks(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+
+@dataclass(frozen=True)
+class BackpropMemory:
+    """Activation memory of back-propagation on one batch, measured block by block.
+
+    Attributes:
+        block_bytes: bytes each block's graph saves for backward, measured alone.
+        shared_bytes: bytes of block outputs saved by both the block that produced them and the next
+            one; a single graph holds them once, so they are subtracted from :attr:`total_bytes`.
+        loss_bytes: bytes the final loss saves (``0`` when no loss was given).
+        total_bytes: what back-propagation holds at its peak, just before its backward: every block's
+            graph and the final loss's, each storage once.
+        batch_size: the batch's size (first dimension of block 0's input).
+        output_shapes: every block's output shape, batch first.
+    """
+
+    block_bytes: list[int]
+    shared_bytes: int
+    loss_bytes: int
+    total_bytes: int
+    batch_size: int
+    output_shapes: list[tuple[int, ...]]
+
+    @property
+    def bytes_per_sample(self) -> list[float]:
+        """:attr:`block_bytes` divided by the batch size."""
+        return [b / max(self.batch_size, 1) for b in self.block_bytes]
+
+
+def backprop_memory(
+    blocks: Sequence[nn.Module],
+    x: Tensor,
+    *,
+    loss: Callable[[Tensor], Tensor] | None = None,
+    exclude: Iterable[Tensor] = (),
+    forward_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> BackpropMemory:
+    """Bytes back-propagation would hold on this batch, without holding them.
+
+    One block's graph is alive at a time, so the probe needs about the largest block's activations, not
+    the network's; storages shared by consecutive blocks are counted once, which makes the total equal to
+    a :class:`~lightning_mpc.SavedTensorMeter` around a full forward. Buffers are restored and the random
+    state is forked.
+
+    Args:
+        blocks: the blocks, in order.
+        x: block 0's input.
+        loss: maps the last block's output to the final loss, whose graph is counted as well.
+        exclude: tensors that are not activations (the model's parameters).
+        forward_context: a context for the forwards (e.g. the precision plugin's autocast).
+    """
+    excluded = {_storage_key(t) for t in exclude}
+    device = _device_of(blocks, x)
+    block_bytes: list[int] = []
+    shapes: list[tuple[int, ...]] = []
+    shared = 0
+    loss_bytes = 0
+    previous: _StorageCounter | None = None
+    current: Tensor = x.detach()
+    requires_grad = x.requires_grad
+    context = forward_context if forward_context is not None else contextlib.nullcontext
+    with preserved_buffers(blocks), _forked_rng(device), torch.enable_grad():
+        for block in blocks:
+            inp = current.detach().requires_grad_(requires_grad and current.is_floating_point())
+            counter = _StorageCounter(excluded)
+            with context(), counter.hooks():
+                out = block(inp)
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"Block {len(block_bytes)} ({type(block).__name__}) returned {type(out).__name__}, expected a "
+                    "Tensor. HINT: blocks must map one tensor to one tensor."
+                )
+            key = _storage_key(inp)
+            if previous is not None and key in previous.sizes and key in counter.sizes:
+                shared += counter.sizes[key]
+            block_bytes.append(counter.total)
+            shapes.append(tuple(out.shape))
+            requires_grad = out.requires_grad
+            current = out.detach()
+            previous = counter
+            del out, inp
+        if loss is not None:
+            leaf = current.detach().requires_grad_(requires_grad and current.is_floating_point())
+            counter = _StorageCounter(excluded)
+            with context(), counter.hooks():
+                value = loss(leaf)
+            key = _storage_key(leaf)
+            if previous is not None and key in previous.sizes and key in counter.sizes:
+                shared += counter.sizes[key]
+            loss_bytes = counter.total
+            del value, leaf
+    batch = int(x.shape[0]) if x.dim() > 0 else 1
+    return BackpropMemory(
+        block_bytes=block_bytes,
+        shared_bytes=shared,
+        loss_bytes=loss_bytes,
+        total_bytes=sum(block_bytes) + loss_bytes - shared,
+        batch_size=batch,
+        output_shapes=shapes,
+    )
+
+
+# --------------------------------------------------------------------------- gradients
+def block_grad_norms(blocks: Sequence[nn.Module]) -> list[Tensor | None]:
+    """The 2-norm of each block's parameter gradients (a 0-d tensor on the gradients' device).
+
+    ``None`` for a block with no gradient. Nothing is synchronised with the device.
+    """
+    norms: list[Tensor | None] = []
+    for block in blocks:
+        grads = [p.grad for p in block.parameters() if p.grad is not None]
+        if not grads:
+            norms.append(None)
+            continue
+        device = grads[0].device
+        parts = torch.stack([_norm(g.detach()).to(device) for g in grads])
+        norms.append(torch.linalg.vector_norm(parts))
+    return norms
+
+
+def _norm(grad: Tensor) -> Tensor:
+    """The 2-norm in at least single precision (half-precision norms overflow), as a float32 scalar."""
+    if grad.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(grad, dtype=torch.float32)
+    return torch.linalg.vector_norm(grad).float()
