@@ -11,7 +11,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_mpc.core.schedule import Mode
+from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.controller import MPCController
+from lightning_mpc.lightning.telemetry import MPCTelemetry, attach_telemetry
 
 __all__ = ["MPCStrategyMixin"]
 
@@ -24,11 +26,18 @@ class MPCStrategyMixin:
     """
 
     mpc: MPCController
+    telemetry: bool | MPCTelemetry = True
+    """Per-block telemetry: ``True`` adds a default :class:`MPCTelemetry` unless ``Trainer(callbacks=...)`` has one."""
 
     @property
-    def horizon(self) -> int:
-        """The horizon ``h`` in use."""
+    def horizon(self) -> int | str:
+        """The horizon ``h`` in use; ``"auto"`` until the selection of ``horizon="auto"`` ran at setup."""
         return self.mpc.horizon
+
+    @property
+    def horizon_report(self) -> HorizonReport | None:
+        """The measurements, laws and choice of ``horizon="auto"`` (``None`` for a fixed horizon or before setup)."""
+        return self.mpc.report
 
     @property
     def mode(self) -> Mode:
@@ -51,6 +60,13 @@ class MPCStrategyMixin:
         """Called when every gradient of the micro-batch is in ``.grad``, before ``on_after_backward``."""
 
     # ------------------------------------------------------------ Strategy overrides
+    def setup_environment(self) -> None:
+        module = self.lightning_module  # type: ignore[attr-defined]
+        trainer = getattr(module, "_trainer", None)
+        if trainer is not None:
+            attach_telemetry(trainer, self.telemetry)
+        super().setup_environment()  # type: ignore[misc]
+
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module  # type: ignore[attr-defined]
         assert module is not None

@@ -26,6 +26,8 @@ from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
 from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.core.partition import describe, run_blocks
 from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
+from lightning_mpc.horizon.selection import HorizonReport
+from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
 from lightning_mpc.lightning.mixin import (
     HEADS_ATTRIBUTE,
     MPCMixin,
@@ -44,12 +46,37 @@ class MPCController:
     """Everything an MPC strategy does beyond its parent strategy.
 
     Args:
-        horizon: ``h >= 1``; larger than the number of blocks means back-propagation.
+        horizon: ``h >= 1``; larger than the number of blocks means back-propagation. ``"auto"`` selects
+            it at setup for the one objective given (see :func:`lightning_mpc.select_horizon`).
         mode: ``"sliding"`` or ``"block"``.
+        memory_budget: with ``"auto"``: the best alignment whose activation memory fits (bytes or ``"2GB"``).
+        min_alignment: with ``"auto"``: the least memory whose ``cos^2`` to back-propagation reaches it.
+        memory_weight: with ``"auto"``: the minimum of ``memory_weight * bytes - cos^2``.
+        auto_batches: with ``"auto"``: how many of the first training batches to measure on.
+        probes: with ``"auto"``: the horizons to measure (default ``1, 2, 4, ...`` and ``T``).
     """
 
-    def __init__(self, horizon: int = 1, mode: Mode = "sliding") -> None:
-        self.horizon = validate_horizon(horizon)
+    def __init__(
+        self,
+        horizon: int | str = 1,
+        mode: Mode = "sliding",
+        *,
+        memory_budget: float | str | None = None,
+        min_alignment: float | None = None,
+        memory_weight: float | None = None,
+        auto_batches: int = DEFAULT_AUTO_BATCHES,
+        probes: Sequence[int] | None = None,
+    ) -> None:
+        self.auto = AutoHorizon.from_arguments(
+            horizon,
+            memory_budget=memory_budget,
+            min_alignment=min_alignment,
+            memory_weight=memory_weight,
+            num_batches=auto_batches,
+            probes=probes,
+        )
+        self.horizon: int | str = AUTO if self.auto is not None else validate_horizon(horizon)
+        self.report: HorizonReport | None = None
         self.mode = validate_mode(mode)
         self.engine: HorizonEngine | None = None
         self.hooks: BlockHooks | None = None
@@ -72,16 +99,27 @@ class MPCController:
         hooks = BlockHooks(blocks)
         try:
             heads = self._resolve_heads(trainer, module, blocks, hooks, device)
+            if self.auto is not None:
+                loss_fn = functools.partial(_local_loss, module)
+                self.report = self.auto.select(trainer, module, blocks, list(heads), self.mode, device, loss_fn)
+                self.horizon = self.report.horizon
         except BaseException:
             hooks.remove()
             raise
         module.mpc_blocks = blocks  # type: ignore[assignment]
         setattr(module, HEADS_ATTRIBUTE, heads)
         self.hooks = hooks
-        self.engine = HorizonEngine(blocks, list(heads), self.horizon, self.mode)
+        self.engine = HorizonEngine(blocks, list(heads), validate_horizon(self.horizon), self.mode)
         self._zero_grad = module.optimizer_zero_grad
         module.optimizer_zero_grad = None  # type: ignore[assignment,method-assign]
         self._warn_outside_parameters(module, blocks, heads)
+
+    def set_horizon(self, horizon: int) -> None:
+        """Train with ``horizon`` from the next step on (e.g. a :class:`~lightning_mpc.HorizonFinder`'s choice)."""
+        self.horizon = validate_horizon(horizon)
+        if self.engine is not None:
+            # A new engine; the hooks attach to it at the next step and MPCTelemetry follows it.
+            self.engine = HorizonEngine(self.engine.blocks, self.engine.heads, self.horizon, self.mode)
 
     def _resolve_heads(
         self,

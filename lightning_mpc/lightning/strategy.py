@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins import CheckpointIO
@@ -13,6 +15,7 @@ from typing_extensions import override
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.base import MPCStrategyMixin
 from lightning_mpc.lightning.controller import MPCController
+from lightning_mpc.lightning.telemetry import MPCTelemetry
 
 __all__ = ["MPCStrategy"]
 
@@ -30,7 +33,9 @@ class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
 
     Args:
         horizon: ``h >= 1``. ``1`` is local learning; a value at least the number of blocks is exact
-            back-propagation.
+            back-propagation. ``"auto"`` selects it before training, on the first ``auto_batches``
+            training batches, for the one objective given below (Ren & Li's method, see
+            :func:`lightning_mpc.select_horizon`); the report is ``strategy.horizon_report``.
         mode: ``"sliding"`` (block ``k`` learns from depth ``min(k + h, T)``, the paper's rule) or
             ``"block"`` (non-overlapping windows of ``h`` blocks learn from the loss at their end).
         accelerator: the accelerator; usually set through ``Trainer(accelerator=...)``.
@@ -38,30 +43,56 @@ class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
             Only one device is supported; use ``strategy="mpc_ddp"`` for several.
         checkpoint_io: checkpoint plugin.
         precision_plugin: precision plugin; usually set through ``Trainer(precision=...)``.
+        memory_budget: with ``horizon="auto"``: bytes or a string such as ``"2GB"`` (10^9) or ``"2GiB"``
+            (2^30); the best-aligned horizon whose activation memory (saved for backward) fits.
+        min_alignment: with ``horizon="auto"``: a ``cos^2`` in ``(0, 1]``; the least memory reaching it.
+        memory_weight: with ``horizon="auto"``: ``lam`` per byte; the minimum of ``lam * M(h) - cos^2(h)``.
+        auto_batches: with ``horizon="auto"``: how many of the first training batches to measure on.
+        probes: with ``horizon="auto"``: the horizons to measure (default ``1, 2, 4, ...`` and ``T``).
+        telemetry: per-block losses, accuracy, memory, time and alignment logged to every logger
+            (:class:`~lightning_mpc.MPCTelemetry`): ``True`` for the defaults, an ``MPCTelemetry`` to configure
+            it, ``False`` for none. An ``MPCTelemetry`` in ``Trainer(callbacks=...)`` takes precedence.
 
     Example::
 
         import lightning as L
         import lightning_mpc  # registers strategy="mpc"
         trainer = L.Trainer(strategy=lightning_mpc.MPCStrategy(horizon=2))
+        trainer = L.Trainer(strategy=lightning_mpc.MPCStrategy(horizon="auto", memory_budget="2GB"))
     """
 
     strategy_name = "mpc"
 
     def __init__(
         self,
-        horizon: int = 1,
+        horizon: int | str = 1,
         mode: Mode = "sliding",
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         checkpoint_io: CheckpointIO | None = None,
         precision_plugin: Precision | None = None,
+        *,
+        memory_budget: float | str | None = None,
+        min_alignment: float | None = None,
+        memory_weight: float | None = None,
+        auto_batches: int = 4,
+        probes: Sequence[int] | None = None,
+        telemetry: bool | MPCTelemetry = True,
     ) -> None:
-        self.mpc = MPCController(horizon, mode)
+        self.mpc = MPCController(
+            horizon,
+            mode,
+            memory_budget=memory_budget,
+            min_alignment=min_alignment,
+            memory_weight=memory_weight,
+            auto_batches=auto_batches,
+            probes=probes,
+        )
         super().__init__(
             device="cpu", accelerator=accelerator, checkpoint_io=checkpoint_io, precision_plugin=precision_plugin
         )
         self.parallel_devices = parallel_devices
+        self.telemetry = telemetry
 
     @property
     @override

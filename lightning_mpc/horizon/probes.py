@@ -1,0 +1,166 @@
+"""Alignment and memory probes: what each horizon's update looks like on one batch, measured.
+
+For one batch the probe runs :func:`~lightning_mpc.horizon_backward` once per horizon (back-propagation
+is ``h = T``), each under a :class:`~lightning_mpc.SavedTensorMeter`, and compares the block
+gradients with back-propagation's. The model is left as it was: the parameters' ``.grad`` are saved
+and restored, buffers (BatchNorm statistics) are restored after every run, and every run starts from
+the same random state, so dropout draws the same masks for the horizon and for back-propagation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_mpc.core.engine import horizon_backward, iter_parameters
+from lightning_mpc.core.memory import SavedTensorMeter, preserved_buffers
+from lightning_mpc.core.schedule import Mode
+
+__all__ = ["BatchProbe", "cos_squared", "gradient_vector", "isolated_gradients", "probe_batch"]
+
+
+@dataclass(frozen=True)
+class BatchProbe:
+    """What one batch measured.
+
+    Attributes:
+        alignment: ``cos^2`` between the horizon's block gradient and back-propagation's, per horizon.
+        memory: peak bytes saved for backward during the horizon's step, per horizon.
+        backprop_norm: the norm of back-propagation's block gradient (``0`` means the batch says
+            nothing about directions and its alignments are ``nan``).
+    """
+
+    alignment: dict[int, float]
+    memory: dict[int, int]
+    backprop_norm: float
+
+
+def gradient_vector(parameters: Sequence[nn.Parameter]) -> Tensor:
+    """The ``.grad`` of ``parameters`` flattened and concatenated in float64 (zeros for ``None``)."""
+    parts = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(torch.float64)
+        for p in parameters
+    ]
+    if not parts:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([part.cpu() for part in parts])
+
+
+def cos_squared(update: Tensor, reference: Tensor) -> float:
+    """``cos^2`` of the angle between two vectors; ``nan`` if ``reference`` is zero, ``0`` if only ``update`` is."""
+    update = update.to(torch.float64)
+    reference = reference.to(torch.float64)
+    ref_sq = float((reference * reference).sum())
+    if ref_sq == 0.0:
+        return float("nan")
+    upd_sq = float((update * update).sum())
+    if upd_sq == 0.0:
+        return 0.0
+    dot = float((update * reference).sum())
+    return min(dot * dot / (upd_sq * ref_sq), 1.0)
+
+
+@contextlib.contextmanager
+def isolated_gradients(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Give ``parameters`` empty ``.grad`` inside the block and their original ``.grad`` back on exit."""
+    params = list(parameters)
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, grad in zip(params, saved):
+            p.grad = grad
+
+
+class _RandomState:
+    """The CPU generator and the generators of the CUDA devices in use, captured to replay random draws."""
+
+    def __init__(self, devices: Iterable[torch.device]) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = {
+            d.index if d.index is not None else torch.cuda.current_device(): None for d in devices if d.type == "cuda"
+        }
+        for index in self.cuda:
+            self.cuda[index] = torch.cuda.get_rng_state(index)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for index, state in self.cuda.items():
+            assert state is not None
+            torch.cuda.set_rng_state(state, index)
+
+
+def module_devices(modules: Iterable[nn.Module | None]) -> set[torch.device]:
+    """Every device holding a parameter or buffer of ``modules``."""
+    devices: set[torch.device] = set()
+    for module in modules:
+        if module is None:
+            continue
+        devices.update(t.device for t in module.parameters())
+        devices.update(t.device for t in module.buffers())
+    return devices
+
+
+def probe_batch(
+    blocks: Sequence[nn.Module],
+    heads: Sequence[nn.Module | None],
+    x: Any,
+    target: Any,
+    loss_fn: Callable[[Tensor, Any], Tensor],
+    horizons: Iterable[int],
+    mode: Mode = "sliding",
+) -> BatchProbe:
+    """Measure ``cos^2`` to back-propagation and peak activation bytes of each horizon on one batch.
+
+    Args:
+        blocks: the blocks ``0..T-1``.
+        heads: ``T - 1`` local heads (``None`` or ``nn.Identity`` for none).
+        x: the input of block 0.
+        target: the second argument of ``loss_fn``.
+        loss_fn: ``loss_fn(prediction, target) -> scalar``, for the local losses and the final one.
+        horizons: the horizons to measure, each in ``1..T``; ``T`` (back-propagation) is always measured.
+        mode: the window rule, ``"sliding"`` (the paper's) or ``"block"``.
+
+    Returns:
+        The batch's alignments and peaks, keyed by horizon.
+    """
+    blocks = list(blocks)
+    heads = list(heads)
+    num_blocks = len(blocks)
+    params = list(iter_parameters([*blocks, *heads]))
+    block_params = list(iter_parameters(blocks))
+    if not block_params:
+        raise ValueError(
+            "The blocks have no trainable parameter, so no gradient can be aligned. "
+            "HINT: unfreeze the blocks (requires_grad=True) before selecting a horizon."
+        )
+    modules: list[nn.Module | None] = [*blocks, *heads]
+    exclude = [p for m in modules if m is not None for p in m.parameters()]
+    order = sorted({min(h, num_blocks) for h in horizons} - {num_blocks})
+    random_state = _RandomState(module_devices(modules))
+
+    def run(horizon: int) -> tuple[Tensor, int]:
+        random_state.restore()
+        meter = SavedTensorMeter(exclude=exclude)
+        with isolated_gradients(params), preserved_buffers(modules), torch.enable_grad():
+            with meter:
+                horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)
+            vector = gradient_vector(block_params)
+        return vector, meter.peak_bytes
+
+    reference, backprop_bytes = run(num_blocks)
+    alignment = {num_blocks: cos_squared(reference, reference)}
+    memory = {num_blocks: backprop_bytes}
+    for horizon in order:
+        vector, peak = run(horizon)
+        alignment[horizon] = cos_squared(vector, reference)
+        memory[horizon] = peak
+    norm = float(reference.norm())
+    return BatchProbe(dict(sorted(alignment.items())), dict(sorted(memory.items())), norm)
