@@ -1,6 +1,6 @@
 """lightning-mpc: horizon-truncated (model-predictive-control) training for PyTorch Lightning.
 
-``import lightning_mpc`` registers ``Trainer(strategy="mpc")``.
+``import lightning_mpc`` registers ``Trainer(strategy="mpc")`` and ``Trainer(strategy="mpc_ddp")``.
 """
 
 from lightning.pytorch.strategies import StrategyRegistry
@@ -16,23 +16,30 @@ from lightning_mpc.core import (
     profile_blocks,
     target_depths,
 )
-from lightning_mpc.lightning import MPCMixin, MPCStrategy
+from lightning_mpc.horizon import HorizonReport, select_horizon
+from lightning_mpc.lightning import HorizonFinder, MPCDDPStrategy, MPCMixin, MPCStrategy, MPCTelemetry
 
 __version__ = "0.1.0"
 
 MPCStrategy.register_strategies(StrategyRegistry)
+MPCDDPStrategy.register_strategies(StrategyRegistry)
 
 __all__ = [
     "BlockSpan",
     "HeadSpec",
     "HorizonEngine",
+    "HorizonFinder",
+    "HorizonReport",
     "LocalHead",
+    "MPCDDPStrategy",
     "MPCMixin",
     "MPCStrategy",
+    "MPCTelemetry",
     "SavedTensorMeter",
     "__version__",
     "horizon_backward",
     "partition",
     "profile_blocks",
+    "select_horizon",
     "target_depths",
 ]

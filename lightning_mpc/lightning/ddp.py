@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,7 +15,9 @@ from typing_extensions import override
 from lightning_mpc.core.gradsync import GradientAverager, broadcast_tensors
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.base import MPCStrategyMixin
+from lightning_mpc.lightning.auto_horizon import DEFAULT_AUTO_BATCHES
 from lightning_mpc.lightning.controller import MPCController
+from lightning_mpc.lightning.telemetry import MPCTelemetry
 
 __all__ = ["MPCDDPStrategy"]
 
@@ -39,6 +42,13 @@ class MPCDDPStrategy(MPCStrategyMixin, DDPStrategy):
             reduces every gradient after the step's last backward.
         broadcast_buffers: copy rank 0's buffers (BatchNorm statistics) to every process before each
             training step, as ``DistributedDataParallel`` does by default.
+        memory_budget: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`. Every process
+            trains with rank 0's choice.
+        min_alignment: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`.
+        memory_weight: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`.
+        auto_batches: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`.
+        probes: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`.
+        telemetry: per-block metrics, as in :class:`~lightning_mpc.MPCStrategy` (logged from rank 0).
         **kwargs: passed to :class:`~lightning.pytorch.strategies.DDPStrategy` (``accelerator``,
             ``parallel_devices``, ``cluster_environment``, ``process_group_backend``, ``timeout``,
             ``start_method``, ...). DDP communication hooks and model averaging act on the DDP wrapper,
@@ -54,10 +64,17 @@ class MPCDDPStrategy(MPCStrategyMixin, DDPStrategy):
 
     def __init__(
         self,
-        horizon: int = 1,
+        horizon: int | str = 1,
         mode: Mode = "sliding",
         overlap_communication: bool = True,
         broadcast_buffers: bool = True,
+        *,
+        memory_budget: float | str | None = None,
+        min_alignment: float | None = None,
+        memory_weight: float | None = None,
+        auto_batches: int = DEFAULT_AUTO_BATCHES,
+        probes: Sequence[int] | None = None,
+        telemetry: bool | MPCTelemetry = True,
         **kwargs: Any,
     ) -> None:
         refused = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
@@ -73,7 +90,16 @@ class MPCDDPStrategy(MPCStrategyMixin, DDPStrategy):
             )
             for name in wrapper_kwargs:
                 kwargs.pop(name)
-        self.mpc = MPCController(horizon, mode)
+        self.mpc = MPCController(
+            horizon,
+            mode,
+            memory_budget=memory_budget,
+            min_alignment=min_alignment,
+            memory_weight=memory_weight,
+            auto_batches=auto_batches,
+            probes=probes,
+        )
+        self.telemetry = telemetry
         super().__init__(**kwargs)
         self.overlap_communication = overlap_communication
         self.broadcast_buffers = broadcast_buffers

@@ -122,3 +122,12 @@ class RankShardSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         rank, world = self._rank_world()
         return (self.num_samples // self.joint_batch) * (self.joint_batch // world)
+
+
+class SameHorizonEverywhere(L.Callback):
+    """Fails the run unless every process trains with the same (selected) horizon."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        horizon = torch.tensor(int(trainer.strategy.horizon))
+        gathered = trainer.strategy.all_gather(horizon)
+        assert bool((gathered == horizon).all()), f"processes disagree on the horizon: {gathered.tolist()}"

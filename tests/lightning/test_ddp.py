@@ -110,3 +110,30 @@ def test_gradient_averager_averages_every_bucket() -> None:
         assert all(torch.equal(torch.tensor(g), torch.full_like(torch.tensor(g), 1.5)) for g in grads)
         assert buffer == [0.0] * 5
         assert sent == (3 * 4 + 4) * 4 + (4 * 2 + 2) * 8
+
+
+def test_auto_horizon_and_telemetry_under_two_processes(tmp_path: Any) -> None:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from tests.lightning.helpers import SameHorizonEverywhere
+
+    data = vector_data(n=SAMPLES)
+    shards = DataLoader(data, batch_size=JOINT_BATCH // 2, sampler=RankShardSampler(SAMPLES, JOINT_BATCH))
+    strategy = MPCDDPStrategy(horizon="auto", min_alignment=0.5, auto_batches=2, start_method="spawn")
+    trainer(
+        strategy=strategy,
+        devices=2,
+        max_steps=4,
+        use_distributed_sampler=False,
+        logger=CSVLogger(tmp_path, name="run", version=0),
+        log_every_n_steps=1,
+        callbacks=[SameHorizonEverywhere()],
+    ).fit(_module(), shards)
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = {key for row in rows for key, value in row.items() if value}
+    assert {f"mpc/block_{k:02d}/loss" for k in range(4)} <= logged
+    hparams = (tmp_path / "run" / "version_0" / "hparams.yaml").read_text()
+    assert "mpc/horizon" in hparams
