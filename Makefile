@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench frontier docs clean
 
 setup: $(VENV)/.installed
 
@@ -24,5 +24,11 @@ test: setup
 bench: setup
 	$(PY) benchmarks/memory_and_time.py
 
+frontier: setup
+	$(PY) benchmarks/frontier.py
+
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) reports .pytest_cache
+	rm -rf $(VENV) reports site .pytest_cache

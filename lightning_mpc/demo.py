@@ -32,16 +32,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
-from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mpc.core.memory import SavedTensorMeter
 from lightning_mpc.core.schedule import MODES
-from lightning_mpc.data import BundledMNIST, EVAL_SIZE, NUM_CLASSES, TRAIN_SIZE
-from lightning_mpc.lightning import MPCMixin, MPCStrategy
+from lightning_mpc.data import EVAL_SIZE, TRAIN_SIZE, BundledMNIST
+from lightning_mpc.lightning import MPCStrategy
+from lightning_mpc.recipes.models import MLPClassifier
 
 __all__ = [
     "DemoMLP",
@@ -63,66 +61,10 @@ _MIB = 2**20
 
 
 # --------------------------------------------------------------------------- model
-class DemoMLP(MPCMixin, L.LightningModule):
-    """An MLP of ``num_blocks`` blocks: ``Linear + ReLU`` blocks, then a ``Linear`` to the classes.
-
-    The blocks are the children of ``self.net`` (an ``nn.Sequential``), which is what
-    :class:`~lightning_mpc.MPCStrategy` cuts; under the default strategy it is a plain model.
-
-    Args:
-        num_blocks: number of blocks ``T`` (at least 2).
-        hidden: width of the hidden layers.
-        in_features: flattened input size.
-        num_classes: number of classes.
-        lr: Adam learning rate.
-    """
-
-    def __init__(
-        self,
-        num_blocks: int = NUM_BLOCKS,
-        hidden: int = 256,
-        in_features: int = 28 * 28,
-        num_classes: int = NUM_CLASSES,
-        lr: float = 1e-3,
-    ) -> None:
-        super().__init__()
-        if num_blocks < 2:
-            raise ValueError(f"DemoMLP needs at least 2 blocks, got num_blocks={num_blocks}.")
-        self.save_hyperparameters()
-        widths = [in_features] + [hidden] * (num_blocks - 1)
-        blocks: list[nn.Module] = [nn.Sequential(nn.Linear(w_in, hidden), nn.ReLU()) for w_in in widths[:-1]]
-        blocks.append(nn.Linear(hidden, num_classes))
-        self.net = nn.Sequential(*blocks)
-        self.lr = lr
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits for a batch of images of any shape ``(batch, ...)``."""
-        return self.net(x.flatten(1))
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy of the final output (MPC trains the earlier blocks inside this forward)."""
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """Accuracy on the evaluation split, logged per epoch."""
-        x, y = batch
-        self.val_acc(self(x), y)
-        self.log("val/acc", self.val_acc, prog_bar=True)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """Final accuracy on the evaluation split."""
-        x, y = batch
-        self.test_acc(self(x), y)
-        self.log("test/acc", self.test_acc)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over every parameter (under MPC this includes the local heads)."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+DemoMLP = MLPClassifier
+"""The demo's model: the ``mnist_mlp`` recipe's :class:`~lightning_mpc.recipes.MLPClassifier` (8 blocks of
+``Linear + ReLU`` / ``Linear``, width 256, Adam with lr 1e-3), the same class ``lightning-mpc fit --config
+recipes/mnist_mlp.yaml`` trains."""
 
 
 # ----------------------------------------------------------------------- callbacks
@@ -265,7 +207,7 @@ def run_one(
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        strategy="auto" if horizon is None else MPCStrategy(horizon=horizon, mode=mode),  # type: ignore[arg-type]
+        strategy="auto" if horizon is None else MPCStrategy(horizon=horizon, mode=mode, telemetry=False),  # type: ignore[arg-type]
         max_epochs=epochs,
         logger=CSVLogger(save_dir=str(out), name="logs", version=name),
         callbacks=[_progress_bar(), memory, timer],

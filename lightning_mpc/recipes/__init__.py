@@ -1,0 +1,20 @@
+"""Models and data modules of the recipes in ``recipes/*.yaml`` (run them with ``lightning-mpc fit --config``).
+
+* :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/mnist_mlp.yaml`` (bundled digits by default).
+* :class:`ResNetClassifier` + :class:`CIFAR10Data`: ``recipes/cifar10_resnet18.yaml``.
+* :class:`DeepLinear` + :class:`LinearTeacherData`: ``recipes/deep_linear.yaml``.
+"""
+
+from lightning_mpc.recipes.data import CIFAR10Data, DatasetUnavailableError, LinearTeacherData, MNISTData
+from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, ResNetClassifier, cifar_resnet
+
+__all__ = [
+    "CIFAR10Data",
+    "DatasetUnavailableError",
+    "DeepLinear",
+    "LinearTeacherData",
+    "MLPClassifier",
+    "MNISTData",
+    "ResNetClassifier",
+    "cifar_resnet",
+]

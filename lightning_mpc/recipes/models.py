@@ -1,0 +1,276 @@
+"""The LightningModules of the recipes: a deep MLP, a CIFAR ResNet-18 and the paper's deep linear network.
+
+Every model here is an ordinary ``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its
+bases, so it trains unchanged under Lightning's default strategy (back-propagation) and under
+``strategy="mpc"`` / :class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's
+``net`` attribute (an ``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``,
+``val/acc`` and ``test/acc`` for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the
+regression model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_mpc.lightning.mixin import MPCMixin
+
+__all__ = ["DeepLinear", "MLPClassifier", "ResNetClassifier", "cifar_resnet"]
+
+Batch = tuple[Tensor, Tensor]
+
+
+class _Classifier(MPCMixin, L.LightningModule):
+    """Shared steps of the classifiers: cross-entropy, accuracy, arg-max predictions."""
+
+    net: nn.Module
+    val_acc: MulticlassAccuracy
+    test_acc: MulticlassAccuracy
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch of inputs."""
+        return self.net(x)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Cross-entropy of the final output (under MPC the earlier blocks learn inside this forward)."""
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Accuracy and loss on the validation split, logged per epoch."""
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Accuracy on the test split."""
+        x, y = batch
+        self.test_acc(self(x), y)
+        self.log("test/acc", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Predicted class of every sample (``batch`` is ``(x, y)`` or ``x``)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).argmax(dim=-1)
+
+
+class MLPClassifier(_Classifier):
+    """An MLP of ``num_blocks`` blocks: ``Linear + ReLU`` blocks, then a ``Linear`` to the classes.
+
+    The blocks are the children of ``self.net`` (an ``nn.Sequential``), which is what
+    :class:`~lightning_mpc.MPCStrategy` cuts; inputs of any shape ``(batch, ...)`` are flattened. This is
+    the model of the ``mnist_mlp`` recipe, the demo (``python -m lightning_mpc.demo``) and the frontier
+    benchmark.
+
+    Args:
+        num_blocks: number of blocks ``T`` (at least 2).
+        hidden: width of the hidden layers.
+        in_features: flattened input size.
+        num_classes: number of classes.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+
+    Raises:
+        ValueError: for fewer than 2 blocks or a non-positive width.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int = 8,
+        hidden: int = 256,
+        in_features: int = 28 * 28,
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_blocks < 2:
+            raise ValueError(
+                f"MLPClassifier needs at least 2 blocks, got num_blocks={num_blocks}. HINT: pass num_blocks >= 2."
+            )
+        if hidden < 1 or in_features < 1 or num_classes < 2:
+            raise ValueError(
+                f"MLPClassifier: hidden={hidden}, in_features={in_features} and num_classes={num_classes} must be "
+                "positive (at least 2 classes). HINT: check the model's init_args."
+            )
+        self.save_hyperparameters()
+        widths = [in_features] + [hidden] * (num_blocks - 1)
+        blocks: list[nn.Module] = [nn.Sequential(nn.Linear(w_in, hidden), nn.ReLU()) for w_in in widths[:-1]]
+        blocks.append(nn.Linear(hidden, num_classes))
+        self.net = nn.Sequential(*blocks)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of inputs of any shape ``(batch, ...)``."""
+        return self.net(x.flatten(1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over every parameter (under MPC this includes the local heads)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def cifar_resnet(arch: str = "resnet18", num_classes: int = 10) -> torchvision.models.ResNet:
+    """A torchvision ResNet with the CIFAR stem: a 3x3, stride-1 ``conv1`` and no max-pool.
+
+    On 32x32 images the ImageNet stem (7x7 stride-2 convolution, then a stride-2 max-pool) leaves 8x8
+    feature maps before the first residual stage; the CIFAR variant keeps 32x32, as in the usual
+    CIFAR-10 ResNet-18 (about 95 % test accuracy with standard augmentation). Weights are random; nothing
+    is downloaded.
+
+    Args:
+        arch: a torchvision ResNet builder name (``resnet18``, ``resnet34``, ``resnet50``, ...).
+        num_classes: outputs of the final ``fc``.
+
+    Raises:
+        ValueError: if ``arch`` is not a torchvision ResNet builder.
+    """
+    builder = getattr(torchvision.models, arch, None) if arch.startswith(("resnet", "wide_resnet", "resnext")) else None
+    if builder is None or not callable(builder):
+        raise ValueError(
+            f"Unknown ResNet architecture {arch!r}. HINT: use a torchvision ResNet builder such as resnet18, "
+            "resnet34, resnet50 or wide_resnet50_2."
+        )
+    model = builder(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class ResNetClassifier(_Classifier):
+    """A torchvision ResNet (CIFAR stem, see :func:`cifar_resnet`) trained with SGD and a cosine schedule.
+
+    :func:`lightning_mpc.partition` cuts it into the stem, every residual block and the pooled
+    classifier: 10 blocks for ResNet-18.
+
+    Args:
+        arch: torchvision ResNet builder name.
+        num_classes: number of classes.
+        lr: peak SGD learning rate.
+        momentum: SGD (Nesterov) momentum.
+        weight_decay: SGD weight decay.
+        cosine: anneal the learning rate to 0 over the run with a per-step cosine schedule.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        num_classes: int = 10,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        cosine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = cifar_resnet(arch, num_classes)
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.cosine = cosine
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def configure_optimizers(self) -> Any:
+        """SGD over every parameter (heads included), with a per-step cosine schedule when ``cosine``."""
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+        )
+        if not self.cosine:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        if not math.isfinite(total):
+            total = 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class DeepLinear(MPCMixin, L.LightningModule):
+    """The deep linear network of the paper's analysis: ``y = W_T ... W_1 x``, trained by mean squared error.
+
+    Ren & Li (arXiv:2409.19561) analyse horizon truncation on this model: the angle between the
+    horizon-``h`` gradient and the true one shrinks like ``1 - cos^2 = O((1 - h/T)^3)``. Every block is
+    one bias-free ``nn.Linear``; the hidden layers are ``width`` wide and start orthogonal (scaled by
+    ``init_gain``), so the product neither vanishes nor explodes with depth. Under MPC each hidden block
+    gets a linear local head to the output and the default local loss (mean squared error for float
+    targets). Pair it with :class:`~lightning_mpc.recipes.LinearTeacherData`.
+
+    Args:
+        depth: number of linear blocks ``T`` (at least 2).
+        in_features: input size.
+        width: hidden width.
+        out_features: output size.
+        lr: Adam learning rate.
+        init_gain: gain of the orthogonal initialisation.
+
+    Raises:
+        ValueError: for a depth below 2 or a non-positive size.
+    """
+
+    def __init__(
+        self,
+        depth: int = 8,
+        in_features: int = 32,
+        width: int = 32,
+        out_features: int = 16,
+        lr: float = 1e-3,
+        init_gain: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"DeepLinear needs depth >= 2, got {depth}. HINT: pass depth >= 2.")
+        if min(in_features, width, out_features) < 1:
+            raise ValueError(
+                f"DeepLinear: in_features={in_features}, width={width}, out_features={out_features} must be "
+                "positive. HINT: check the model's init_args."
+            )
+        self.save_hyperparameters()
+        sizes = [in_features] + [width] * (depth - 1) + [out_features]
+        layers = [nn.Linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:])]
+        for layer in layers:
+            nn.init.orthogonal_(layer.weight, gain=init_gain)
+        self.net = nn.Sequential(*layers)
+        self.lr = lr
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network's output ``W_T ... W_1 x``."""
+        return self.net(x)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Mean squared error of the final output."""
+        x, y = batch
+        loss = F.mse_loss(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Mean squared error on the validation split."""
+        x, y = batch
+        self.log("val/loss", F.mse_loss(self(x), y), prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Mean squared error on the test split."""
+        x, y = batch
+        self.log("test/loss", F.mse_loss(self(x), y))
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The network's output (``batch`` is ``(x, y)`` or ``x``)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over every parameter (under MPC this includes the local heads)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr)

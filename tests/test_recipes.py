@@ -1,0 +1,170 @@
+"""Every YAML recipe in ``recipes/`` runs for a few batches on tiny data through ``lightning-mpc fit``.
+
+Nothing is downloaded: MNIST uses the bundled digits (or full-MNIST files written here from them),
+CIFAR-10 uses ``--data.fake true``, the deep linear recipe generates its data.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from lightning_mpc import MPCStrategy
+from lightning_mpc.cli import MPCLightningCLI, run_cli
+from lightning_mpc.data import load_bundled_mnist
+from lightning_mpc.recipes import CIFAR10Data, DeepLinear, MLPClassifier, MNISTData, ResNetClassifier, cifar_resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+# Per recipe: flags that make its data tiny and offline (a new recipe must add an entry here).
+TINY = {
+    "mnist_mlp": ["--data.limit", "16", "--data.batch_size", "8"],
+    "cifar10_resnet18": [
+        "--data.fake",
+        "true",
+        "--data.fake_size",
+        "4",
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+    ],
+    "deep_linear": ["--data.train_size", "32", "--data.eval_size", "16", "--data.batch_size", "8"],
+}
+
+
+class GradientRecorder(Callback):
+    """Names of the parameters with a non-zero gradient at each optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[set[str]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self.steps.append(
+            {n for n, p in pl_module.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+        )
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lightning-mpc"])  # LightningCLI warns when sys.argv carries pytest's flags
+
+
+def _fit(recipe: Path, tmp_path: Path, *extra: str) -> MPCLightningCLI:
+    return run_cli(
+        [
+            "fit",
+            "--trainer.callbacks+=tests.test_recipes.GradientRecorder",
+            "--config",
+            str(recipe),
+            "--trainer.fast_dev_run",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *TINY[recipe.stem],
+            *extra,
+        ]
+    )
+
+
+def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    if strategy_type is not None:
+        assert isinstance(cli.trainer.strategy, strategy_type)
+    # timm-style: at every step, every parameter (blocks and, under MPC, the local heads) has a gradient
+    (recorder,) = [c for c in cli.trainer.callbacks if isinstance(c, GradientRecorder)]
+    names = {name for name, _ in cli.model.named_parameters()}
+    assert len(recorder.steps) == 2
+    for step in recorder.steps:
+        assert step == names, f"no gradient for {sorted(names - step)}"
+
+
+def test_every_recipe_has_tiny_overrides() -> None:
+    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear"}
+    missing = [r.name for r in RECIPES if r.stem not in TINY]
+    assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
+    config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    assert config["trainer"]["strategy"]["class_path"] == "lightning_mpc.MPCStrategy"
+    cli = _fit(recipe, tmp_path)
+    _assert_trained(cli, MPCStrategy)
+    assert cli.trainer.strategy.horizon == config["trainer"]["strategy"]["init_args"]["horizon"]
+    assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem == "mnist_mlp"], ids=["mnist_mlp"])
+def test_recipe_with_back_propagation(recipe: Path, tmp_path: Path) -> None:
+    cli = _fit(recipe, tmp_path, "--trainer.strategy", "auto")
+    _assert_trained(cli, None)
+    assert not isinstance(cli.trainer.strategy, MPCStrategy)
+    assert not hasattr(cli.model, "mpc_heads")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) in the IDX format of the MNIST distribution files."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def fake_full_mnist(data_dir: Path, count: int = 32) -> None:
+    """Lay out ``count`` bundled digits as torchvision's MNIST raw files, so ``--data.name mnist`` needs no network."""
+    images, labels = load_bundled_mnist()
+    raw = data_dir / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, sl in (("train", slice(0, count)), ("t10k", slice(count, 2 * count))):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images[sl])
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels[sl])
+
+
+def test_mnist_recipe_on_full_mnist_files(tmp_path: Path) -> None:
+    fake_full_mnist(tmp_path / "data", count=32)
+    recipe = ROOT / "recipes" / "mnist_mlp.yaml"
+    cli = _fit(recipe, tmp_path, "--data.name", "mnist", "--data.data_dir", str(tmp_path / "data"))
+    _assert_trained(cli, MPCStrategy)
+    assert isinstance(cli.datamodule, MNISTData) and cli.datamodule.name == "mnist"
+    assert len(cli.datamodule.train_set) == 16  # --data.limit 16 of the 32 written
+    x, y = cli.datamodule.train_set[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and int(y) == int(load_bundled_mnist()[1][0])
+
+
+def test_cifar_resnet_has_the_cifar_stem() -> None:
+    model = cifar_resnet("resnet18", num_classes=10)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="HINT"):
+        cifar_resnet("vgg16")
+
+
+def test_recipe_classes_validate_arguments() -> None:
+    with pytest.raises(ValueError, match="HINT"):
+        MLPClassifier(num_blocks=1)
+    with pytest.raises(ValueError, match="HINT"):
+        DeepLinear(depth=1)
+    with pytest.raises(ValueError, match="HINT"):
+        MNISTData(name="emnist")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="HINT"):
+        CIFAR10Data(batch_size=0)
+    assert ResNetClassifier().hparams["arch"] == "resnet18"
