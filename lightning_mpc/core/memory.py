@@ -24,7 +24,8 @@ from lightning_mpc.core.schedule import Mode, windows
 __all__ = ["BlockProfile", "SavedTensorMeter", "preserved_buffers", "profile_blocks"]
 
 
-def _storage_key(tensor: Tensor) -> tuple[str, int]:
+def storage_key(tensor: Tensor) -> tuple[str, int]:
+    """Identity of the storage behind ``tensor`` (views and detached aliases share it)."""
     storage = tensor.untyped_storage()
     return (str(tensor.device), storage.data_ptr())
 
@@ -55,7 +56,7 @@ class SavedTensorMeter:
     """
 
     def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
-        self._excluded = {_storage_key(t) for t in exclude}
+        self._excluded = {storage_key(t) for t in exclude}
         self._refs: dict[tuple[str, int], int] = {}
         self._sizes: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
@@ -69,7 +70,7 @@ class SavedTensorMeter:
             self.peak_bytes = self.current_bytes
 
     def _pack(self, tensor: Tensor) -> Any:
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         if key in self._excluded or isinstance(tensor, nn.Parameter):
             return tensor
         # Hold a detached alias: keeping the tensor itself would keep its grad_fn alive, a reference
@@ -180,17 +181,21 @@ class _StorageRecorder:
         self.found: dict[Any, int] = {}
 
     def pack(self, tensor: Tensor) -> Tensor:
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         if key not in self.exclude and not isinstance(tensor, nn.Parameter):
             self.found[key] = tensor.untyped_storage().nbytes()
             self.keep.append(tensor.detach())
         return tensor.detach()
 
-    def record(self, fn: Callable[[], Tensor]) -> tuple[Tensor, dict[Any, int]]:
+    def record(self, fn: Callable[..., Tensor], *args: Any) -> tuple[Tensor, dict[Any, int]]:
         self.found = {}
         with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
-            out = fn()
+            out = fn(*args)
         return out, self.found
+
+
+def _head_loss(head: nn.Module | None, leaf: Tensor, target: Any, loss_fn: Callable[[Tensor, Any], Tensor]) -> Tensor:
+    return loss_fn(leaf if head is None else head(leaf), target)
 
 
 def profile_blocks(
@@ -208,18 +213,18 @@ def profile_blocks(
     Buffers (BatchNorm statistics) are restored afterwards.
     """
     modules: list[nn.Module | None] = [*blocks, *heads]
-    recorder = _StorageRecorder({_storage_key(p) for m in modules if m is not None for p in m.parameters()})
+    recorder = _StorageRecorder({storage_key(p) for m in modules if m is not None for p in m.parameters()})
     block_storages: list[dict[Any, int]] = []
     head_storages: list[dict[Any, int]] = []
     with preserved_buffers(modules):
         current = x
         for index, block in enumerate(blocks):
             inp = current.detach().requires_grad_(current.is_floating_point() and index > 0)
-            current, found = recorder.record(lambda: block(inp))
+            current, found = recorder.record(block, inp)
             block_storages.append(found)
             head = heads[index] if index < len(heads) else None
             leaf = current.detach().requires_grad_(current.is_floating_point())
-            _, found = recorder.record(lambda: loss_fn(leaf if head is None else head(leaf), target))
+            _, found = recorder.record(_head_loss, head, leaf, target, loss_fn)
             head_storages.append(found)
     return BlockProfile(
         block_bytes=[sum(s.values()) for s in block_storages],

@@ -9,8 +9,7 @@ the same random state, so dropout draws the same masks for the horizon and for b
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_mpc.core.engine import horizon_backward, iter_parameters
+from lightning_mpc.core.isolation import RandomState, isolated_gradients, module_devices
 from lightning_mpc.core.memory import SavedTensorMeter, preserved_buffers
 from lightning_mpc.core.schedule import Mode
 
@@ -65,49 +65,6 @@ def cos_squared(update: Tensor, reference: Tensor) -> float:
     return min(dot * dot / (upd_sq * ref_sq), 1.0)
 
 
-@contextlib.contextmanager
-def isolated_gradients(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
-    """Give ``parameters`` empty ``.grad`` inside the block and their original ``.grad`` back on exit."""
-    params = list(parameters)
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        yield
-    finally:
-        for p, grad in zip(params, saved):
-            p.grad = grad
-
-
-class _RandomState:
-    """The CPU generator and the generators of the CUDA devices in use, captured to replay random draws."""
-
-    def __init__(self, devices: Iterable[torch.device]) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = {
-            d.index if d.index is not None else torch.cuda.current_device(): None for d in devices if d.type == "cuda"
-        }
-        for index in self.cuda:
-            self.cuda[index] = torch.cuda.get_rng_state(index)
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        for index, state in self.cuda.items():
-            assert state is not None
-            torch.cuda.set_rng_state(state, index)
-
-
-def module_devices(modules: Iterable[nn.Module | None]) -> set[torch.device]:
-    """Every device holding a parameter or buffer of ``modules``."""
-    devices: set[torch.device] = set()
-    for module in modules:
-        if module is None:
-            continue
-        devices.update(t.device for t in module.parameters())
-        devices.update(t.device for t in module.buffers())
-    return devices
-
-
 def probe_batch(
     blocks: Sequence[nn.Module],
     heads: Sequence[nn.Module | None],
@@ -144,12 +101,11 @@ def probe_batch(
     modules: list[nn.Module | None] = [*blocks, *heads]
     exclude = [p for m in modules if m is not None for p in m.parameters()]
     order = sorted({min(h, num_blocks) for h in horizons} - {num_blocks})
-    random_state = _RandomState(module_devices(modules))
+    random_state = RandomState.capture(module_devices(modules))
 
     def run(horizon: int) -> tuple[Tensor, int]:
-        random_state.restore()
         meter = SavedTensorMeter(exclude=exclude)
-        with isolated_gradients(params), preserved_buffers(modules), torch.enable_grad():
+        with isolated_gradients(params), preserved_buffers(modules), random_state.replay(), torch.enable_grad():
             with meter:
                 horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)
             vector = gradient_vector(block_params)

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from torch import Tensor, nn
 
+from lightning_mpc.core.isolation import forked_rng, module_devices
 from lightning_mpc.core.schedule import Mode, validate_mode
 from lightning_mpc.horizon.laws import AlignmentLaw, MemoryLaw, fit_alignment_law, fit_memory_law
-from lightning_mpc.horizon.probes import module_devices, probe_batch
+from lightning_mpc.horizon.probes import probe_batch
 from lightning_mpc.horizon.units import format_bytes, parse_bytes
 
 if TYPE_CHECKING:
@@ -392,11 +392,10 @@ def select_horizon(
     if not pairs:
         raise ValueError("select_horizon got no batches. HINT: pass at least one (input, target) pair.")
 
-    cuda = sorted({d.index or 0 for d in module_devices([*blocks, *heads]) if d.type == "cuda"})
     sums = {h: 0.0 for h in horizons}
     peaks = {h: 0 for h in horizons}
     used = 0
-    with torch.random.fork_rng(devices=cuda):
+    with forked_rng(module_devices([*blocks, *heads])):
         for x, target in pairs:
             probe = probe_batch(blocks, heads, x, target, loss_fn, horizons, mode)
             for h in horizons:

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_mpc.core.engine import horizon_backward
-from lightning_mpc.core.memory import preserved_buffers
+from lightning_mpc.core.isolation import RandomState, forked_rng, isolated_gradients
+from lightning_mpc.core.memory import preserved_buffers, storage_key
 from lightning_mpc.core.partition import hook_points
 from lightning_mpc.core.schedule import Mode
 
@@ -49,40 +50,6 @@ Gradients = Sequence[Sequence[Tensor | None]]
 def block_parameters(blocks: Sequence[nn.Module]) -> list[list[nn.Parameter]]:
     """The trainable parameters of every block, in ``parameters()`` order."""
     return [[p for p in block.parameters() if p.requires_grad] for block in blocks]
-
-
-# --------------------------------------------------------------------------- random state
-@dataclass(frozen=True)
-class RandomState:
-    """The CPU generator's state and, when the device is CUDA, that device's generator state."""
-
-    cpu: Tensor
-    cuda: Tensor | None = None
-    device: torch.device | None = None
-
-    @classmethod
-    def capture(cls, device: torch.device | None = None) -> RandomState:
-        """The current random state (of ``device`` too when it is a CUDA device)."""
-        if device is not None and device.type == "cuda":
-            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(device), device)
-        return cls(torch.get_rng_state())
-
-    @contextlib.contextmanager
-    def replay(self) -> Iterator[None]:
-        """Run the block from this state, and put the generators back as they were on exit."""
-        devices = [self.device] if self.cuda is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state(self.cuda, self.device)
-            yield
-
-
-@contextlib.contextmanager
-def _forked_rng(device: torch.device | None) -> Iterator[None]:
-    devices = [device] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
 
 
 def _device_of(modules: Iterable[nn.Module | None], x: Any) -> torch.device | None:
@@ -302,7 +269,7 @@ def backprop_block_gradients(
     params = block_parameters(blocks)
     flat = [p for group in params for p in group]
     device = _device_of(blocks, x)
-    rng = random_state.replay() if random_state is not None else _forked_rng(device)
+    rng = random_state.replay() if random_state is not None else forked_rng([device])
     context = forward_context() if forward_context is not None else contextlib.nullcontext()
     with preserved_buffers([*blocks, *heads]), rng, torch.enable_grad():
         with context:
@@ -320,18 +287,6 @@ def backprop_block_gradients(
         result.append(list(grads[position : position + len(group)]))
         position += len(group)
     return result
-
-
-@contextlib.contextmanager
-def _isolated_grads(parameters: Sequence[nn.Parameter]) -> Iterator[None]:
-    saved = [p.grad for p in parameters]
-    for p in parameters:
-        p.grad = None
-    try:
-        yield
-    finally:
-        for p, grad in zip(parameters, saved):
-            p.grad = grad
 
 
 def measure_alignment(
@@ -362,7 +317,7 @@ def measure_alignment(
     every = [p for group in params for p in group] + [p for h in heads if h is not None for p in h.parameters()]
     device = _device_of(blocks, x)
     start = RandomState.capture(device)
-    with _isolated_grads(every), preserved_buffers([*blocks, *heads]), start.replay():
+    with isolated_gradients(every), preserved_buffers([*blocks, *heads]), start.replay():
         horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)
         update = [[p.grad for p in group] for group in params]
     reference = backprop_block_gradients(
@@ -372,10 +327,6 @@ def measure_alignment(
 
 
 # --------------------------------------------------------------------------- memory
-def _storage_key(tensor: Tensor) -> tuple[str, int]:
-    return (str(tensor.device), tensor.untyped_storage().data_ptr())
-
-
 class _StorageCounter:
     """Sizes of the distinct storages saved for backward while active (parameters excluded)."""
 
@@ -384,7 +335,7 @@ class _StorageCounter:
         self.sizes: dict[tuple[str, int], int] = {}
 
     def _pack(self, tensor: Tensor) -> Any:
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         if key in self.excluded or isinstance(tensor, nn.Parameter):
             return tensor
         self.sizes.setdefault(key, tensor.untyped_storage().nbytes())
@@ -453,7 +404,7 @@ def backprop_memory(
         exclude: tensors that are not activations (the model's parameters).
         forward_context: a context for the forwards (e.g. the precision plugin's autocast).
     """
-    excluded = {_storage_key(t) for t in exclude}
+    excluded = {storage_key(t) for t in exclude}
     device = _device_of(blocks, x)
     block_bytes: list[int] = []
     shapes: list[tuple[int, ...]] = []
@@ -463,7 +414,7 @@ def backprop_memory(
     current: Tensor = x.detach()
     requires_grad = x.requires_grad
     context = forward_context if forward_context is not None else contextlib.nullcontext
-    with preserved_buffers(blocks), _forked_rng(device), torch.enable_grad():
+    with preserved_buffers(blocks), forked_rng([device]), torch.enable_grad():
         for block in blocks:
             inp = current.detach().requires_grad_(requires_grad and current.is_floating_point())
             counter = _StorageCounter(excluded)
@@ -474,7 +425,7 @@ def backprop_memory(
                     f"Block {len(block_bytes)} ({type(block).__name__}) returned {type(out).__name__}, expected a "
                     "Tensor. HINT: blocks must map one tensor to one tensor."
                 )
-            key = _storage_key(inp)
+            key = storage_key(inp)
             if previous is not None and key in previous.sizes and key in counter.sizes:
                 shared += counter.sizes[key]
             block_bytes.append(counter.total)
@@ -488,7 +439,7 @@ def backprop_memory(
             counter = _StorageCounter(excluded)
             with context(), counter.hooks():
                 value = loss(leaf)
-            key = _storage_key(leaf)
+            key = storage_key(leaf)
             if previous is not None and key in previous.sizes and key in counter.sizes:
                 shared += counter.sizes[key]
             loss_bytes = counter.total
