@@ -9,7 +9,7 @@ an unmodified ``training_step``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_mpc.core.partition import hook_points
 
-__all__ = ["BlockHooks", "BlockListener", "OutputShapeRecorder"]
+__all__ = ["BlockHooks", "BlockListener", "OutputShapeRecorder", "first_block_input"]
 
 
 class BlockListener(Protocol):
@@ -85,3 +85,40 @@ class BlockHooks:
             handle.remove()
         self._handles.clear()
         self.listener = None
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop a forward once block 0's input is known."""
+
+
+def first_block_input(blocks: Sequence[nn.Module], run: Callable[[], Any]) -> Tensor:
+    """Block 0's input when ``run()`` calls the model, without running any block.
+
+    ``run`` is stopped by an exception as soon as block 0 is about to run, so only what the model's
+    ``forward`` does before its first block is computed.
+
+    Raises:
+        RuntimeError: if ``run`` returns without calling block 0 on a tensor.
+    """
+    entry, _ = hook_points(blocks[0])
+
+    def hook(module: nn.Module, args: Any) -> None:
+        first = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(first, Tensor):
+            captured.append(first.detach())
+            raise _Captured
+
+    captured: list[Tensor] = []
+    handle = entry.register_forward_pre_hook(hook)
+    try:
+        run()
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(
+            f"The model's forward did not call block 0 ({type(blocks[0]).__name__}) on a tensor. "
+            "HINT: blocks must be submodules that forward() applies in order (configure_blocks())."
+        )
+    return captured[0]

@@ -12,7 +12,7 @@ buffers and the global random state are restored.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,10 +22,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
+from lightning_mpc.core.hooks import first_block_input
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import describe, hook_points
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.horizon.selection import HorizonReport, Objective, select_horizon, validate_objective
+from lightning_mpc.lightning.batches import call_forward, training_dataloader
 from lightning_mpc.lightning.mixin import batch_input
 
 __all__ = ["AUTO", "AutoHorizon", "capture_block_input", "first_batches", "log_report"]
@@ -34,14 +35,6 @@ AUTO: Literal["auto"] = "auto"
 DEFAULT_AUTO_BATCHES = 4
 
 _OBJECTIVE_NAMES = ("memory_budget", "min_alignment", "memory_weight")
-
-
-class _Captured(Exception):
-    """Raised by the capture hook to stop the forward once block 0's input is known."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__()
-        self.value = value
 
 
 @dataclass(frozen=True)
@@ -160,13 +153,7 @@ def first_batches(trainer: pl.Trainer, module: pl.LightningModule, device: torch
     Raises:
         RuntimeError: if there is no training dataloader or it yields nothing.
     """
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    dataloader = source.dataloader() if source is not None and source.is_defined() else None
-    if dataloader is None:
-        raise RuntimeError(
-            f"Horizon selection measures on training batches, but {type(module).__name__} has no training "
-            "dataloader. HINT: pass train_dataloaders (or a datamodule) to trainer.fit, or use a fixed horizon."
-        )
+    dataloader = training_dataloader(trainer, module, "select the horizon")
     batches = []
     for batch in dataloader:
         batches.append(trainer.strategy.batch_to_device(batch, device))
@@ -192,30 +179,9 @@ def capture_block_input(module: nn.Module, blocks: Sequence[nn.Module], batch: A
     x = batch_input(batch)
     if isinstance(module, pl.LightningModule) and type(module).forward is pl.LightningModule.forward:
         return x
-    entry, _ = hook_points(blocks[0])
+    with torch.no_grad(), preserved_buffers([module]):
+        return first_block_input(blocks, lambda: call_forward(module, blocks, x))
 
-    def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        raise _Captured(args[0] if args else next(iter(kwargs.values()), None))
-
-    handle = entry.register_forward_pre_hook(hook, prepend=True, with_kwargs=True)
-    try:
-        with torch.no_grad(), preserved_buffers([module]):
-            if isinstance(x, Mapping):
-                module(**x)
-            elif isinstance(x, tuple):
-                module(*x)
-            else:
-                module(x)
-    except _Captured as captured:
-        value = captured.value
-        return value.detach() if isinstance(value, Tensor) else value
-    finally:
-        handle.remove()
-    raise RuntimeError(
-        f"{type(module).__name__}.forward did not run block 0 ({describe(blocks[0])}), so its input cannot be "
-        "captured for horizon selection. HINT: configure_blocks() must return submodules that forward() applies "
-        "in order."
-    )
 
 
 def log_report(trainer: pl.Trainer, report: HorizonReport) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -24,14 +24,14 @@ from lightning_mpc.core.engine import HorizonEngine, iter_parameters
 from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss, infer_head_spec
 from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import describe, run_blocks
+from lightning_mpc.core.partition import describe
 from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
+from lightning_mpc.lightning.batches import call_forward, example_input
 from lightning_mpc.lightning.mixin import (
     HEADS_ATTRIBUTE,
     MPCMixin,
-    batch_input,
     batch_target,
     heads_from_checkpoint,
     resolve_blocks,
@@ -39,7 +39,6 @@ from lightning_mpc.lightning.mixin import (
 
 __all__ = ["MPCController"]
 
-_DRY_RUN_SAMPLES = 2
 
 
 class MPCController:
@@ -159,7 +158,7 @@ class MPCController:
         hooks: BlockHooks,
         device: torch.device,
     ) -> list[HeadSpec]:
-        example = self._example_input(trainer, module)
+        example = example_input(trainer, module, "size the local heads")
         example = move_data_to_device(example, device)
         recorder = OutputShapeRecorder()
         hooks.attach(recorder)
@@ -167,15 +166,7 @@ class MPCController:
         try:
             module.eval()
             with torch.no_grad(), preserved_buffers([module]):
-                if type(module).forward is pl.LightningModule.forward:
-                    # No forward of its own: training_step calls the network directly.
-                    run_blocks(blocks, example)
-                elif isinstance(example, Mapping):
-                    module(**example)
-                elif isinstance(example, tuple):
-                    module(*example)
-                else:
-                    module(example)
+                call_forward(module, blocks, example)
         finally:
             hooks.attach(None)
             module.train(was_training)
@@ -196,22 +187,6 @@ class MPCController:
                 )
         model_output = recorder.shapes[len(blocks) - 1]
         return [infer_head_spec(i, recorder.shapes[i], model_output) for i in range(len(blocks) - 1)]
-
-    @staticmethod
-    def _example_input(trainer: pl.Trainer, module: pl.LightningModule) -> Any:
-        example = module.example_input_array
-        if example is not None:
-            return example
-        source = getattr(trainer.fit_loop, "_data_source", None)
-        dataloader = source.dataloader() if source is not None and source.is_defined() else None
-        if dataloader is None:
-            raise RuntimeError(
-                f"MPC needs one example batch to size the local heads of {type(module).__name__}, but no "
-                "training dataloader is available. HINT: set example_input_array on the module."
-            )
-        batch = next(iter(dataloader))
-        x = batch_input(batch)
-        return x[:_DRY_RUN_SAMPLES] if isinstance(x, Tensor) else x
 
     @staticmethod
     def _warn_outside_parameters(module: nn.Module, blocks: Sequence[nn.Module], heads: nn.ModuleList) -> None:

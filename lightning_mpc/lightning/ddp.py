@@ -14,8 +14,8 @@ from typing_extensions import override
 
 from lightning_mpc.core.gradsync import GradientAverager, broadcast_tensors
 from lightning_mpc.core.schedule import Mode
-from lightning_mpc.lightning.base import MPCStrategyMixin
 from lightning_mpc.lightning.auto_horizon import DEFAULT_AUTO_BATCHES
+from lightning_mpc.lightning.base import MPCStrategyMixin
 from lightning_mpc.lightning.controller import MPCController
 from lightning_mpc.lightning.telemetry import MPCTelemetry
 

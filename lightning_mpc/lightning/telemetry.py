@@ -46,13 +46,13 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelSummary
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_mpc.core.engine import HorizonEngine
 from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import run_blocks
-from lightning_mpc.lightning.mixin import MPCMixin, batch_input, batch_target
+from lightning_mpc.lightning.batches import EXAMPLE_SAMPLES, call_forward, example_input
+from lightning_mpc.lightning.mixin import MPCMixin, batch_target
 from lightning_mpc.telemetry.metrics import BlockwiseRatio, block_hits
 from lightning_mpc.telemetry.probes import (
     BackpropMemory,
@@ -70,7 +70,6 @@ from lightning_mpc.telemetry.summary import PartitionRow, format_bytes, partitio
 __all__ = ["MPCTelemetry", "attach_telemetry", "block_key"]
 
 PREFIX = "mpc"
-_EXAMPLE_SAMPLES = 2
 _HISTORY_LIMIT = 4096
 """Points per block kept for the W&B line chart; older points are thinned out beyond this."""
 _TABLE_COLUMNS = [
@@ -261,13 +260,13 @@ class MPCTelemetry(Callback):
         was_training = module.training
         try:
             with torch.random.fork_rng(devices=_cuda_devices(module.device)):
-                example = _example_input(trainer, module)
+                example = example_input(trainer, module, "measure back-propagation's memory")
                 example = move_data_to_device(example, module.device)
                 module.eval()
                 with torch.no_grad(), preserved_buffers([module]):
-                    x0 = first_block_input(blocks, lambda: _call_module(module, blocks, example))
+                    x0 = first_block_input(blocks, lambda: call_forward(module, blocks, example))
             # A copy: a slice of the batch would keep (and count) the whole batch's storage.
-            x0 = (x0[:_EXAMPLE_SAMPLES] if x0.dim() > 0 else x0).clone()
+            x0 = (x0[:EXAMPLE_SAMPLES] if x0.dim() > 0 else x0).clone()
             module.train()
             memory = backprop_memory(
                 blocks,
@@ -872,29 +871,6 @@ def _final_loss(module: pl.LightningModule, batch: Any) -> Any:
     except TypeError:
         return None
     return lambda output: default_local_loss(output, target)
-
-
-def _example_input(trainer: pl.Trainer, module: pl.LightningModule) -> Any:
-    example = module.example_input_array
-    if example is not None:
-        return example
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    dataloader = source.dataloader() if source is not None and source.is_defined() else None
-    if dataloader is None:
-        raise RuntimeError("no example_input_array and no training dataloader")
-    batch = next(iter(dataloader))
-    x = batch_input(batch)
-    return x[:_EXAMPLE_SAMPLES] if isinstance(x, Tensor) else x
-
-
-def _call_module(module: pl.LightningModule, blocks: Sequence[nn.Module], example: Any) -> Any:
-    if type(module).forward is pl.LightningModule.forward:
-        return run_blocks(blocks, example)
-    if isinstance(example, Mapping):
-        return module(**example)
-    if isinstance(example, tuple):
-        return module(*example)
-    return module(example)
 
 
 def attach_telemetry(trainer: pl.Trainer, telemetry: bool | MPCTelemetry) -> MPCTelemetry | None:

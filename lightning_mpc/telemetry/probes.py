@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_mpc.core.engine import horizon_backward
+from lightning_mpc.core.hooks import first_block_input
 from lightning_mpc.core.isolation import RandomState, forked_rng, isolated_gradients
 from lightning_mpc.core.memory import preserved_buffers, storage_key
 from lightning_mpc.core.partition import hook_points
@@ -64,10 +65,6 @@ def _device_of(modules: Iterable[nn.Module | None], x: Any) -> torch.device | No
 
 
 # --------------------------------------------------------------------------- block input
-class _Captured(Exception):
-    """Raised by the capture hook to stop a forward once block 0's input is known."""
-
-
 class BlockInputCapture:
     """A forward pre-hook on block 0's entry module that records the block's input when armed.
 
@@ -115,39 +112,6 @@ class BlockInputCapture:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-
-
-def first_block_input(blocks: Sequence[nn.Module], run: Callable[[], Any]) -> Tensor:
-    """Block 0's input when ``run()`` calls the model, without running any block.
-
-    ``run`` is stopped by an exception as soon as block 0 is about to run, so only what the model's
-    ``forward`` does before its first block is computed.
-
-    Raises:
-        RuntimeError: if ``run`` returns without calling block 0 on a tensor.
-    """
-    entry, _ = hook_points(blocks[0])
-
-    def hook(module: nn.Module, args: Any) -> None:
-        first = args[0] if isinstance(args, tuple) and args else args
-        if isinstance(first, Tensor):
-            captured.append(first.detach())
-            raise _Captured
-
-    captured: list[Tensor] = []
-    handle = entry.register_forward_pre_hook(hook)
-    try:
-        run()
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(
-            f"The model's forward did not call block 0 ({type(blocks[0]).__name__}) on a tensor. "
-            "HINT: blocks must be submodules that forward() applies in order (configure_blocks())."
-        )
-    return captured[0]
 
 
 # --------------------------------------------------------------------------- alignment

@@ -1,0 +1,59 @@
+"""Where the strategies find inputs before training: the training dataloader and the module's own forward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor, nn
+
+from lightning_mpc.core.partition import run_blocks
+from lightning_mpc.lightning.mixin import batch_input
+
+__all__ = ["EXAMPLE_SAMPLES", "call_forward", "example_input", "training_dataloader"]
+
+EXAMPLE_SAMPLES = 2
+"""Samples of the first batch used for dry runs (shapes, per-sample memory)."""
+
+
+def training_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose: str) -> Iterable[Any]:
+    """The training dataloader the Trainer will use (from ``fit``'s arguments, the datamodule or the module).
+
+    Args:
+        trainer: the Trainer being set up.
+        module: the LightningModule, for the error message.
+        purpose: what the batches are for, completing "MPC needs training batches to ...".
+
+    Raises:
+        RuntimeError: if there is none.
+    """
+    source = getattr(trainer.fit_loop, "_data_source", None)
+    dataloader = source.dataloader() if source is not None and source.is_defined() else None
+    if dataloader is None:
+        raise RuntimeError(
+            f"MPC needs training batches to {purpose}, but {type(module).__name__} has no training dataloader. "
+            "HINT: pass train_dataloaders (or a datamodule) to trainer.fit, or set example_input_array."
+        )
+    return dataloader
+
+
+def example_input(trainer: pl.Trainer, module: pl.LightningModule, purpose: str) -> Any:
+    """``module.example_input_array``, or the input of the first training batch cut to a few samples."""
+    example = module.example_input_array
+    if example is not None:
+        return example
+    batch = next(iter(training_dataloader(trainer, module, purpose)))
+    x = batch_input(batch)
+    return x[:EXAMPLE_SAMPLES] if isinstance(x, Tensor) else x
+
+
+def call_forward(module: pl.LightningModule, blocks: Sequence[nn.Module], example: Any) -> Any:
+    """Run the module's forward on ``example`` as Lightning does (``*tuple``, ``**dict``), or the blocks if it has none."""
+    if type(module).forward is pl.LightningModule.forward:
+        return run_blocks(blocks, example)  # no forward of its own: training_step calls the network directly
+    if isinstance(example, Mapping):
+        return module(**example)
+    if isinstance(example, tuple):
+        return module(*example)
+    return module(example)
