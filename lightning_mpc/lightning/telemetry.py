@@ -66,6 +66,7 @@ from lightning_mpc.telemetry.probes import (
 )
 from lightning_mpc.telemetry.records import StepRecord, StepRecorder
 from lightning_mpc.telemetry.summary import PartitionRow, format_bytes, partition_rows, render_partition
+from lightning_mpc.telemetry.wandb_extras import block_charts, define_block_metrics
 
 __all__ = ["MPCTelemetry", "attach_telemetry", "block_key"]
 
@@ -726,22 +727,7 @@ class MPCTelemetry(Callback):
         for logger in loggers:
             try:
                 experiment = logger.experiment
-                define = getattr(experiment, "define_metric", None)
-                if callable(define):
-                    define("trainer/global_step")
-                    define(f"{PREFIX}/*", step_metric="trainer/global_step")
-                    define(f"{PREFIX}/peak_activation_bytes", step_metric="trainer/global_step", summary="max,last")
-                    define(f"{PREFIX}/alignment", step_metric="trainer/global_step", summary="mean,last")
-                    for index in range(engine.num_blocks):
-                        for name, summary in (
-                            ("loss", "min,last"),
-                            ("accuracy", "max,last"),
-                            ("activation_bytes", "max,last"),
-                            ("alignment", "mean,last"),
-                        ):
-                            define(block_key(index, name), step_metric="trainer/global_step", summary=summary)
-                        for name in ("loss_epoch", "accuracy_epoch"):
-                            define(block_key(index, name), step_metric="epoch")
+                define_block_metrics(experiment, PREFIX, engine.num_blocks)
                 experiment.config.update({PREFIX: config}, allow_val_change=True)
                 if self.partition:
                     logger.log_table(
@@ -756,8 +742,6 @@ class MPCTelemetry(Callback):
     def _wandb_epoch(
         self, trainer: pl.Trainer, loggers: list[WandbLogger], loss: list[float], accuracy: list[float]
     ) -> None:
-        import wandb
-
         modules = [row.module for row in self.partition] if self.partition else ["?"] * self._num_blocks
         rows = []
         for index in range(self._num_blocks):
@@ -777,31 +761,7 @@ class MPCTelemetry(Callback):
                 ]
             )
         step = max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
-        charts: dict[str, Any] = {}
-        keys = [f"block_{index:02d}" for index in range(self._num_blocks)]
-        series = [
-            [
-                values[index] if values[index] is not None else float("nan")
-                for values in self._history_loss
-            ]
-            for index in range(self._num_blocks)
-        ]
-        if self._history_steps:
-            charts[f"{PREFIX}/charts/block_loss"] = wandb.plot.line_series(
-                xs=list(self._history_steps),
-                ys=series,
-                keys=keys,
-                title="Local loss per block",
-                xname="trainer/global_step",
-            )
-        memory_rows = [[keys[i], row[5]] for i, row in enumerate(rows) if row[5] is not None]
-        if memory_rows:
-            charts[f"{PREFIX}/charts/activation_bytes"] = wandb.plot.bar(
-                wandb.Table(columns=["block", "activation_bytes"], data=memory_rows),
-                "block",
-                "activation_bytes",
-                title="Activation bytes held per block window",
-            )
+        charts = block_charts(PREFIX, self._history_steps, self._history_loss, [row[5] for row in rows])
         for logger in loggers:
             try:
                 logger.log_table(f"{PREFIX}/blocks", columns=list(_TABLE_COLUMNS), data=rows, step=step)
