@@ -53,19 +53,48 @@ def _limited(dataset: Dataset, limit: int | None) -> Dataset:
     return Subset(dataset, range(limit))
 
 
-def _loader(
-    dataset: Dataset | None, batch_size: int, num_workers: int, shuffle: bool, seed: int, owner: str
-) -> DataLoader:
-    if dataset is None:
-        raise RuntimeError(f"{owner}: call setup() before asking for a dataloader. HINT: let the Trainer call it.")
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        persistent_workers=num_workers > 0,
-    )
+class _SplitDataModule(L.LightningDataModule):
+    """A data module with a training split and an evaluation split (which validates, tests and predicts).
+
+    Subclasses set ``train_set`` and ``eval_set`` in ``setup`` and ``batch_size``, ``num_workers`` and
+    ``seed`` in ``__init__``.
+    """
+
+    train_set: Dataset | None = None
+    eval_set: Dataset | None = None
+    batch_size: int
+    num_workers: int = 0
+    seed: int = 0
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: call setup() before asking for a dataloader. HINT: let the Trainer call it."
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (seeded)."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Evaluation batches, in order."""
+        return self._loader(self.eval_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Evaluation batches, in order."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Evaluation batches, in order."""
+        return self.val_dataloader()
 
 
 def _load_torchvision(
@@ -82,7 +111,7 @@ def _load_torchvision(
         raise DatasetUnavailableError(unavailable(error)) from error
 
 
-class MNISTData(L.LightningDataModule):
+class MNISTData(_SplitDataModule):
     """MNIST for the recipes: the bundled 10,000 digits (offline) or torchvision's full dataset.
 
     With ``name="bundled"`` (the default) this is :class:`lightning_mpc.data.BundledMNIST`: the first
@@ -182,24 +211,8 @@ class MNISTData(L.LightningDataModule):
         self.train_set = _limited(self._mnist(train=True, download=False), self.limit)
         self.eval_set = _limited(self._mnist(train=False, download=False), self.limit)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return _loader(self.train_set, self.batch_size, self.num_workers, True, self.seed, "MNISTData")
 
-    def val_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return _loader(self.eval_set, self.batch_size, self.num_workers, False, self.seed, "MNISTData")
-
-    def test_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self.val_dataloader()
-
-
-class CIFAR10Data(L.LightningDataModule):
+class CIFAR10Data(_SplitDataModule):
     """CIFAR-10 through torchvision (50,000 training images; the 10,000 test images validate and test).
 
     Training images are augmented with a 4-pixel padded random crop and a horizontal flip; all images are
@@ -307,24 +320,8 @@ class CIFAR10Data(L.LightningDataModule):
             train, evaluation = self._cifar(train=True, download=False), self._cifar(train=False, download=False)
         self.train_set, self.eval_set = _limited(train, self.limit), _limited(evaluation, self.limit)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches."""
-        return _loader(self.train_set, self.batch_size, self.num_workers, True, self.seed, "CIFAR10Data")
 
-    def val_dataloader(self) -> DataLoader:
-        """Test-split batches, in order."""
-        return _loader(self.eval_set, self.batch_size, self.num_workers, False, self.seed, "CIFAR10Data")
-
-    def test_dataloader(self) -> DataLoader:
-        """Test-split batches, in order."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Test-split batches, in order."""
-        return self.val_dataloader()
-
-
-class LinearTeacherData(L.LightningDataModule):
+class LinearTeacherData(_SplitDataModule):
     """Regression on a random linear teacher: ``y = A x + noise``, ``x ~ N(0, I)``.
 
     The data of the deep linear network analysed in the paper. ``A`` has i.i.d. ``N(0, 1 / in_features)``
@@ -390,19 +387,3 @@ class LinearTeacherData(L.LightningDataModule):
         self.teacher = torch.randn(self.out_features, self.in_features, generator=generator) / self.in_features**0.5
         self.train_set = self._sample(self.train_size, generator)
         self.eval_set = self._sample(self.eval_size, generator)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return _loader(self.train_set, self.batch_size, 0, True, self.seed, "LinearTeacherData")
-
-    def val_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return _loader(self.eval_set, self.batch_size, 0, False, self.seed, "LinearTeacherData")
-
-    def test_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self.val_dataloader()
