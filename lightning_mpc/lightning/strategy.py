@@ -13,6 +13,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from typing_extensions import override
 
 from lightning_mpc.core.schedule import Mode
+from lightning_mpc.lightning.auto_horizon import DEFAULT_AUTO_BATCHES
 from lightning_mpc.lightning.base import MPCStrategyMixin
 from lightning_mpc.lightning.controller import MPCController
 from lightning_mpc.lightning.telemetry import MPCTelemetry
@@ -75,7 +76,7 @@ class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
         memory_budget: float | str | None = None,
         min_alignment: float | None = None,
         memory_weight: float | None = None,
-        auto_batches: int = 4,
+        auto_batches: int = DEFAULT_AUTO_BATCHES,
         probes: Sequence[int] | None = None,
         telemetry: bool | MPCTelemetry = True,
     ) -> None:
