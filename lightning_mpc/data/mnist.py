@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib.resources
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from lightning_mpc.data.split import SplitDataModule
 
 __all__ = [
     "EVAL_SIZE",
@@ -65,7 +66,7 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]
     return x.unsqueeze(1).contiguous(), torch.from_numpy(labels).to(torch.int64)
 
 
-class BundledMNIST(L.LightningDataModule):
+class BundledMNIST(SplitDataModule):
     """The bundled MNIST digits: first 8,000 for training, last 2,000 for evaluation.
 
     Each item is ``(image, label)``: a ``float32`` tensor of shape ``(1, 28, 28)`` normalised with mean
@@ -110,6 +111,7 @@ class BundledMNIST(L.LightningDataModule):
         self.num_workers = num_workers
         self.limit = limit
         self.shuffle_seed = shuffle_seed
+        self.seed = shuffle_seed  # SplitDataModule's training-loader generator
         self.num_classes = NUM_CLASSES
         self.dims = (1, 28, 28)
         self.train_set: TensorDataset | None = None
@@ -133,32 +135,3 @@ class BundledMNIST(L.LightningDataModule):
         eval_end = eval_start + self._take(EVAL_SIZE)
         self.train_set = TensorDataset(x[:train_end], y[:train_end])
         self.eval_set = TensorDataset(x[eval_start:eval_end], y[eval_start:eval_end])
-
-    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("BundledMNIST: call setup() before asking for a dataloader.")
-        generator = torch.Generator().manual_seed(self.shuffle_seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            generator=generator,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of the training split (the first 8,000 digits)."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Batches of the evaluation split (the last 2,000 digits), in order."""
-        return self._loader(self.eval_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Batches of the evaluation split (the last 2,000 digits), in order."""
-        return self._loader(self.eval_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Batches of the evaluation split (the last 2,000 digits), in order."""
-        return self._loader(self.eval_set, shuffle=False)

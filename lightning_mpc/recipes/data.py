@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lightning_mpc.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES, BundledMNIST
+from lightning_mpc.data.split import SplitDataModule
 
 __all__ = ["CIFAR10Data", "DatasetUnavailableError", "LinearTeacherData", "MNISTData"]
 
@@ -53,50 +53,6 @@ def _limited(dataset: Dataset, limit: int | None) -> Dataset:
     return Subset(dataset, range(limit))
 
 
-class _SplitDataModule(L.LightningDataModule):
-    """A data module with a training split and an evaluation split (which validates, tests and predicts).
-
-    Subclasses set ``train_set`` and ``eval_set`` in ``setup`` and ``batch_size``, ``num_workers`` and
-    ``seed`` in ``__init__``.
-    """
-
-    train_set: Dataset | None = None
-    eval_set: Dataset | None = None
-    batch_size: int
-    num_workers: int = 0
-    seed: int = 0
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: call setup() before asking for a dataloader. HINT: let the Trainer call it."
-            )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded)."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self._loader(self.eval_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Evaluation batches, in order."""
-        return self.val_dataloader()
-
-
 def _load_torchvision(
     factory: Callable[..., Dataset],
     root: Path,
@@ -111,7 +67,7 @@ def _load_torchvision(
         raise DatasetUnavailableError(unavailable(error)) from error
 
 
-class MNISTData(_SplitDataModule):
+class MNISTData(SplitDataModule):
     """MNIST for the recipes: the bundled 10,000 digits (offline) or torchvision's full dataset.
 
     With ``name="bundled"`` (the default) this is :class:`lightning_mpc.data.BundledMNIST`: the first
@@ -212,7 +168,7 @@ class MNISTData(_SplitDataModule):
         self.eval_set = _limited(self._mnist(train=False, download=False), self.limit)
 
 
-class CIFAR10Data(_SplitDataModule):
+class CIFAR10Data(SplitDataModule):
     """CIFAR-10 through torchvision (50,000 training images; the 10,000 test images validate and test).
 
     Training images are augmented with a 4-pixel padded random crop and a horizontal flip; all images are
@@ -321,7 +277,7 @@ class CIFAR10Data(_SplitDataModule):
         self.train_set, self.eval_set = _limited(train, self.limit), _limited(evaluation, self.limit)
 
 
-class LinearTeacherData(_SplitDataModule):
+class LinearTeacherData(SplitDataModule):
     """Regression on a random linear teacher: ``y = A x + noise``, ``x ~ N(0, I)``.
 
     The data of the deep linear network analysed in the paper. ``A`` has i.i.d. ``N(0, 1 / in_features)``
