@@ -34,8 +34,7 @@ import shlex
 import statistics
 import sys
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lightning_mpc import MPCStrategy
 from lightning_mpc.data import EVAL_SIZE, TRAIN_SIZE, BundledMNIST
-from lightning_mpc.demo import PeakActivationMemory, StepTimer
+from lightning_mpc.demo import PeakActivationMemory, StepTimer, quiet_lightning
 from lightning_mpc.recipes import MLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -497,21 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
     start = time.perf_counter()
@@ -531,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.accelerator == "cpu":
         torch.set_num_threads(args.threads)
     try:
-        with _quiet():
+        with quiet_lightning(logging.ERROR, all_warnings=True):
             rows = methods(args.blocks, args.horizons, args.modes)
             results = []
             for index, method in enumerate(rows, start=1):

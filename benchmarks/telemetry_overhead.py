@@ -41,7 +41,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mpc import MPCStrategy, MPCTelemetry
-from lightning_mpc.telemetry import StepRecorder
 from lightning_mpc.data import BundledMNIST
-from lightning_mpc.demo import DemoMLP
+from lightning_mpc.demo import DemoMLP, quiet_lightning
+from lightning_mpc.telemetry import StepRecorder
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "off": {"telemetry": False, "log_every_n_steps": 50, "baseline": "off"},
@@ -167,21 +166,6 @@ def instrumented() -> Iterator[dict[str, float]]:
             setattr(cls, name, function)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (default: %(default)s)")
@@ -203,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--configs must name only {list(CONFIGS)} and include the baselines {missing}; got {names}")
     torch.set_num_threads(args.threads)
     times: dict[str, list[float]] = {name: [] for name in names}
-    with tempfile.TemporaryDirectory() as root, _quiet():
+    with tempfile.TemporaryDirectory() as root, quiet_lightning(logging.ERROR, all_warnings=True):
         for round_index in range(args.rounds):
             for name in names if round_index % 2 == 0 else list(reversed(names)):
                 times[name].append(

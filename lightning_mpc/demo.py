@@ -48,6 +48,7 @@ __all__ = [
     "StepTimer",
     "build_parser",
     "main",
+    "quiet_lightning",
     "run_one",
     "write_plot",
     "write_report",
@@ -424,19 +425,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Keep the console to progress bars and the final table; restores warnings and log levels on exit."""
+def quiet_lightning(level: int = logging.WARNING, all_warnings: bool = False) -> Iterator[None]:
+    """Keep the console to progress bars and results; restores warnings and log levels on exit.
+
+    Args:
+        level: the least level Lightning's loggers still print.
+        all_warnings: silence every warning, not only the known harmless ones of these runs.
+    """
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         for logger in loggers:
-            logger.setLevel(logging.WARNING)
-        _ignore_known_warnings()
+            logger.setLevel(level)
+        if all_warnings:
+            warnings.simplefilter("ignore")
+        else:
+            _ignore_known_warnings()
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+            for logger, previous in zip(loggers, levels):
+                logger.setLevel(previous)
 
 
 def _ignore_known_warnings() -> None:
@@ -467,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or 1)
     try:
-        with _quiet_lightning():
+        with quiet_lightning():
             return _run(args, command, start)
     finally:
         torch.set_num_threads(previous_threads)
