@@ -6,6 +6,7 @@ from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.memory import BlockProfile, SavedTensorMeter, preserved_buffers, profile_blocks
 from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.partition import BlockSpan, partition
+from lightning_mpc.core.realmem import MemoryPeak, RealMemoryMeter, measure_peak
 from lightning_mpc.core.schedule import MODES, Mode, target_depths
 
 __all__ = [
@@ -17,12 +18,15 @@ __all__ = [
     "HeadSpec",
     "HorizonEngine",
     "LocalHead",
+    "MemoryPeak",
+    "RealMemoryMeter",
     "Mode",
     "SavedTensorMeter",
     "build_heads",
     "default_local_loss",
     "horizon_backward",
     "infer_head_spec",
+    "measure_peak",
     "partition",
     "preserved_buffers",
     "profile_blocks",

@@ -14,13 +14,14 @@ model's own ``forward`` (:mod:`lightning_mpc.core.hooks`); both follow the same 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_mpc.core.observer import EngineObserver
+from lightning_mpc.core.partition import hook_points
 from lightning_mpc.core.schedule import Mode, target_depths, validate_mode
 
 LossOnPrediction = Callable[[Tensor], Tensor]
@@ -48,6 +49,23 @@ def _leaf(output: Tensor) -> Tensor:
     return leaf
 
 
+def modifies_input_in_place(block: nn.Module) -> bool:
+    """Whether the first module ``block`` runs is declared in place (``inplace=True``: ReLU, Dropout, SiLU, ...).
+
+    Follows the block's entry module (see :func:`~lightning_mpc.core.partition.hook_points`) down through
+    first children. Blocks that modify their input in place by other means are found by the Lightning
+    strategies' dry run (the input's version counter); pass them to ``HorizonEngine(clone_inputs=...)``.
+    """
+    module, _ = hook_points(block)
+    while True:
+        if getattr(module, "inplace", False) is True:
+            return True
+        children = list(module.children())
+        if not children or not isinstance(module, nn.Sequential):
+            return False
+        module = hook_points(children[0])[0]
+
+
 class HorizonEngine:
     """Incremental executor of the horizon rule for one training step at a time.
 
@@ -58,6 +76,14 @@ class HorizonEngine:
         horizon: ``h >= 1``; values above ``T`` mean back-propagation.
         mode: ``"sliding"`` (block ``k`` learns from depth ``min(k+h, T)``) or ``"block"``
             (non-overlapping windows of ``h`` blocks).
+        clone_inputs: indices of the blocks that modify their input in place (``nn.ReLU(inplace=True)``
+            as first op, for example): they receive a copy of the previous block's output, because
+            autograd refuses in-place operations on the graph leaf the engine would hand them.
+            Default: every block whose first module has ``inplace=True`` (see :func:`modifies_input_in_place`).
+
+    Memory: the engine keeps a block's graph and its input leaf only until the last window that needs
+    them has closed (block ``k``'s own window, at depth ``d_k``), so for a fixed horizon the tensors held
+    do not depend on the number of blocks.
 
     Call :meth:`start` with the step's loss function, then :meth:`block_output` for each block in
     order (it returns the tensor to feed forward), then back-propagate the final loss into the
@@ -70,6 +96,7 @@ class HorizonEngine:
         heads: Sequence[nn.Module | None],
         horizon: int,
         mode: Mode = "sliding",
+        clone_inputs: Collection[int] | None = None,
     ) -> None:
         blocks = list(blocks)
         heads = list(heads)
@@ -86,6 +113,9 @@ class HorizonEngine:
         self.mode = validate_mode(mode)
         self.horizon = horizon
         self.depths = target_depths(self.num_blocks, horizon, self.mode)
+        if clone_inputs is None:
+            clone_inputs = [k for k, block in enumerate(blocks) if k > 0 and modifies_input_in_place(block)]
+        self.clone_inputs: frozenset[int] = frozenset(clone_inputs)
         self._members: dict[int, list[int]] = {}
         for block, depth in enumerate(self.depths):
             self._members.setdefault(depth, []).append(block)
@@ -180,6 +210,9 @@ class HorizonEngine:
         self._next = depth
         if depth < self.num_blocks:
             self._local_step(index, leaf)
+            if depth in self.clone_inputs and leaf.requires_grad:
+                # The next block writes into its input: give it a copy whose graph leads back to the leaf.
+                return leaf.clone()
         return leaf
 
     def _local_step(self, index: int, leaf: Tensor) -> None:
@@ -268,7 +301,9 @@ class HorizonEngine:
             else:
                 grad = None
             if is_member:
-                self._outputs[block] = None  # the last loss that needed this graph has been used
+                # The last loss that needs this block has been used: release its graph and its input leaf.
+                self._outputs[block] = None
+                self._leaves[block] = None
                 self._grad_ready(self.blocks[block])
 
     def _grad_ready(self, module: nn.Module) -> None:

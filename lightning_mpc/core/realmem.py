@@ -1,0 +1,167 @@
+"""Real memory: the bytes the allocator hands out while a step runs.
+
+The one measurement the project calls "memory". On CUDA it is the caching allocator's own count
+(``torch.cuda.reset_peak_memory_stats`` and ``max_memory_allocated`` around the step). On CPU, PyTorch
+keeps no running count, so the CPU allocator's events are recorded with ``torch.profiler``
+(``profile_memory=True``): every allocation and free made while the step runs, in order; their running
+sum is the memory the step holds at each moment, and its maximum is the step's peak above what was
+allocated before it. The CPU allocator reports no event when the step frees a tensor allocated before
+the measurement began, so on CPU the figure is the most bytes the step itself allocated and held at once
+(an upper bound of the growth when the step also frees older tensors).
+
+This counts everything the step allocates: block outputs and graph leaves still referenced, tensors
+saved for backward, heads and their losses, gradient buffers and the backward's temporaries. The bytes
+saved for backward (:class:`~lightning_mpc.core.memory.SavedTensorMeter`) are one part of it, a breakdown.
+
+Example::
+
+    with RealMemoryMeter() as meter:
+        loss = horizon_backward(blocks, heads, x, y, F.cross_entropy, horizon=2)
+    print(meter.peak_bytes)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["MemoryPeak", "RealMemoryMeter", "measure_peak"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """What the allocator held while a measured piece of code ran.
+
+    Attributes:
+        peak_bytes: the most bytes held at once above what was allocated when the measurement began.
+        end_bytes: bytes allocated during the measurement and still held when it ended (on CUDA: the net
+            change, negative if older tensors were freed).
+        device: the device measured, ``"cpu"`` or ``"cuda:N"``.
+        method: ``"cpu-allocator-events"`` (profiler memory events) or ``"cuda-allocator"``.
+    """
+
+    peak_bytes: int
+    end_bytes: int
+    device: str
+    method: str
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Hide the lines the profiler's native library prints to file descriptor 2 when it starts and stops."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # pragma: no cover - no real stderr (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _cpu_memory_events(profiler: Any) -> list[tuple[int, int]]:
+    """``(start_ns, signed bytes)`` of every CPU allocator event the profiler recorded, in time order."""
+    events = []
+    for event in profiler.profiler.kineto_results.events():
+        if event.name() != "[memory]" or event.device_type() != torch.autograd.DeviceType.CPU:
+            continue
+        events.append((event.start_ns(), int(event.nbytes())))
+    events.sort(key=lambda item: item[0])
+    return events
+
+
+class RealMemoryMeter:
+    """Context manager that measures the real peak of the code it wraps.
+
+    Args:
+        device: the device whose allocator to measure. Default: CUDA's current device when CUDA is
+            initialised and in use, else the CPU. On CUDA the measurement resets the device's peak
+            statistics (as ``torch.cuda.reset_peak_memory_stats`` does).
+
+    Attributes:
+        result: the :class:`MemoryPeak` once the context has exited; ``None`` before.
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        if device is None:
+            device = "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(
+                f"RealMemoryMeter measures the CPU or a CUDA device, got {self.device}. "
+                "HINT: pass device='cpu' or device='cuda:N'."
+            )
+        self.result: MemoryPeak | None = None
+        self._profiler: Any = None
+        self._cuda_start = 0
+
+    @property
+    def peak_bytes(self) -> int:
+        """The measured peak (raises if the context has not exited yet)."""
+        if self.result is None:
+            raise RuntimeError("RealMemoryMeter.peak_bytes read before the measured code finished. HINT: read it after the with block.")
+        return self.result.peak_bytes
+
+    def __enter__(self) -> RealMemoryMeter:
+        self.result = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda_start = torch.cuda.memory_allocated(self.device)
+            return self
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _native_stderr_silenced():
+            self._profiler.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - self._cuda_start
+            end = torch.cuda.memory_allocated(self.device) - self._cuda_start
+            self.result = MemoryPeak(max(peak, 0), end, str(self.device), "cuda-allocator")
+            return
+        profiler, self._profiler = self._profiler, None
+        with _native_stderr_silenced():
+            profiler.__exit__(*exc)
+        if exc and exc[0] is not None:
+            return
+        current = peak = 0
+        for _, nbytes in _cpu_memory_events(profiler):
+            current += nbytes
+            peak = max(peak, current)
+        self.result = MemoryPeak(peak, current, "cpu", "cpu-allocator-events")
+
+
+def measure_peak(fn: Callable[..., T], *args: Any, device: torch.device | str | None = None, **kwargs: Any) -> tuple[T, MemoryPeak]:
+    """Run ``fn(*args, **kwargs)`` under a :class:`RealMemoryMeter` and return its result and the peak.
+
+    Args:
+        fn: the code to measure (for example one training step).
+        *args: its positional arguments.
+        device: the allocator to measure (see :class:`RealMemoryMeter`).
+        **kwargs: its keyword arguments.
+    """
+    meter = RealMemoryMeter(device)
+    with meter:
+        result = fn(*args, **kwargs)
+    assert meter.result is not None
+    return result, meter.result
