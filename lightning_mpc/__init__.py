@@ -16,6 +16,8 @@ from lightning_mpc.core import (
     measure_peak,
     partition,
     profile_blocks,
+    register_partitioner,
+    supported_models,
     target_depths,
 )
 from lightning_mpc.horizon import HorizonReport, select_horizon
@@ -44,6 +46,8 @@ __all__ = [
     "measure_peak",
     "partition",
     "profile_blocks",
+    "register_partitioner",
     "select_horizon",
+    "supported_models",
     "target_depths",
 ]

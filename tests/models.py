@@ -42,12 +42,15 @@ def mlp(depth: int = 6, width: int = 16, in_features: int = 12, classes: int = 5
 
 
 def cnn_bn(batch: int = 6, classes: int = 4) -> Case:
+    """Six blocks; the pooling children have no parameters and join the block before them."""
     model = nn.Sequential(
         nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
         nn.MaxPool2d(2),
         nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        nn.Sequential(nn.Linear(16, 16), nn.ReLU()),
         nn.Linear(16, classes),
     )
     x = torch.randn(batch, 3, 8, 8)

@@ -5,7 +5,7 @@ from lightning_mpc.core.heads import HeadSpec, LocalHead, build_heads, default_l
 from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.memory import BlockProfile, SavedTensorMeter, preserved_buffers, profile_blocks
 from lightning_mpc.core.observer import EngineObserver
-from lightning_mpc.core.partition import BlockSpan, partition
+from lightning_mpc.core.partition import BlockSpan, partition, register_partitioner, supported_models
 from lightning_mpc.core.realmem import MemoryPeak, RealMemoryMeter, measure_peak
 from lightning_mpc.core.schedule import MODES, Mode, target_depths
 
@@ -30,5 +30,7 @@ __all__ = [
     "partition",
     "preserved_buffers",
     "profile_blocks",
+    "register_partitioner",
+    "supported_models",
     "target_depths",
 ]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_mpc.core.observer import EngineObserver
-from lightning_mpc.core.partition import hook_points
+from lightning_mpc.core.blocks import modifies_input_in_place
 from lightning_mpc.core.schedule import Mode, target_depths, validate_mode
 
 LossOnPrediction = Callable[[Tensor], Tensor]
@@ -49,23 +49,6 @@ def _leaf(output: Tensor) -> Tensor:
     return leaf
 
 
-def modifies_input_in_place(block: nn.Module) -> bool:
-    """Whether the first module ``block`` runs is declared in place (``inplace=True``: ReLU, Dropout, SiLU, ...).
-
-    Follows the block's entry module (see :func:`~lightning_mpc.core.partition.hook_points`) down through
-    first children. Blocks that modify their input in place by other means are found by the Lightning
-    strategies' dry run (the input's version counter); pass them to ``HorizonEngine(clone_inputs=...)``.
-    """
-    module, _ = hook_points(block)
-    while True:
-        if getattr(module, "inplace", False) is True:
-            return True
-        children = list(module.children())
-        if not children or not isinstance(module, nn.Sequential):
-            return False
-        module = hook_points(children[0])[0]
-
-
 class HorizonEngine:
     """Incremental executor of the horizon rule for one training step at a time.
 
@@ -77,13 +60,16 @@ class HorizonEngine:
         mode: ``"sliding"`` (block ``k`` learns from depth ``min(k+h, T)``) or ``"block"``
             (non-overlapping windows of ``h`` blocks).
         clone_inputs: indices of the blocks that modify their input in place (``nn.ReLU(inplace=True)``
-            as first op, for example): they receive a copy of the previous block's output, because
-            autograd refuses in-place operations on the graph leaf the engine would hand them.
-            Default: every block whose first module has ``inplace=True`` (see :func:`modifies_input_in_place`).
+            as first op, for example): when a window carries a gradient through their input they receive
+            a copy of the previous block's output, because autograd refuses in-place operations on the
+            graph leaf the engine would hand them. Default: every block whose first module has
+            ``inplace=True`` (see :func:`~lightning_mpc.core.blocks.modifies_input_in_place`).
 
     Memory: the engine keeps a block's graph and its input leaf only until the last window that needs
     them has closed (block ``k``'s own window, at depth ``d_k``), so for a fixed horizon the tensors held
-    do not depend on the number of blocks.
+    do not depend on the number of blocks. A block whose input no window differentiates (every block at
+    ``h = 1``, the first block of each window in ``"block"`` mode) receives the previous output without a
+    graph: no copy for an in-place first op, and nothing but its own saved tensors keeps that input alive.
 
     Call :meth:`start` with the step's loss function, then :meth:`block_output` for each block in
     order (it returns the tensor to feed forward), then back-propagate the final loss into the
@@ -119,6 +105,10 @@ class HorizonEngine:
         self._members: dict[int, list[int]] = {}
         for block, depth in enumerate(self.depths):
             self._members.setdefault(depth, []).append(block)
+        # Block d's input needs a gradient only if a window chains through it: lowest member < d < depth.
+        self._differentiated_inputs = frozenset(
+            d for depth, members in self._members.items() for d in range(members[0] + 1, depth)
+        )
         self._block_params: list[list[nn.Parameter]] = []
         self._head_params: list[list[nn.Parameter]] = []
         self._loss_fn: LossOnPrediction | None = None
@@ -210,6 +200,11 @@ class HorizonEngine:
         self._next = depth
         if depth < self.num_blocks:
             self._local_step(index, leaf)
+            if depth not in self._differentiated_inputs:
+                # No window reaches below block `depth`: it gets the values alone (block `index`'s window has
+                # closed, so it may even write into them in place) and the leaf is not kept.
+                self._leaves[depth] = None
+                return leaf.detach()
             if depth in self.clone_inputs and leaf.requires_grad:
                 # The next block writes into its input: give it a copy whose graph leads back to the leaf.
                 return leaf.clone()

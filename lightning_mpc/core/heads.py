@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HeadKind = Literal["vector", "feature_map", "tokens", "per_token"]
+from lightning_mpc.core.blocks import Layout, block_layout
 
-__all__ = ["HeadSpec", "LocalHead", "build_heads", "default_local_loss", "infer_head_spec"]
+HeadKind = Literal["vector", "feature_map", "channels_last", "tokens", "per_token"]
+
+__all__ = ["HeadSpec", "LocalHead", "build_heads", "default_local_loss", "infer_head_spec", "infer_head_specs"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,8 @@ class HeadSpec:
 
     Attributes:
         kind: ``"vector"`` (linear on ``(N, F)``), ``"feature_map"`` (global average pool over every
-            spatial dimension of ``(N, C, *spatial)``, then linear), ``"tokens"`` (mean over the token
+            spatial dimension of ``(N, C, *spatial)``, then linear), ``"channels_last"`` (the same for
+            ``(N, *spatial, C)``, Swin's layout), ``"tokens"`` (mean over the token
             dimension of ``(N, L, F)``, then linear) or ``"per_token"`` (linear on every token of
             ``(N, L, F)``, for models whose output is per token).
         in_features: features (channels) of the block output.
@@ -48,6 +51,8 @@ class LocalHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.spec.kind == "feature_map":
             x = x.mean(dim=tuple(range(2, x.ndim)))
+        elif self.spec.kind == "channels_last":
+            x = x.mean(dim=tuple(range(1, x.ndim - 1)))
         elif self.spec.kind == "tokens":
             x = x.mean(dim=1)
         return self.linear(x)
@@ -56,13 +61,17 @@ class LocalHead(nn.Module):
         return f"kind={self.spec.kind!r}"
 
 
-def infer_head_spec(block_index: int, block_output: torch.Size, model_output: torch.Size) -> HeadSpec:
+def infer_head_spec(
+    block_index: int, block_output: torch.Size, model_output: torch.Size, layout: Layout | None = None
+) -> HeadSpec:
     """Choose a head for a block from its output shape and the model's output shape.
 
     Args:
         block_index: the block's position, for error messages.
         block_output: shape of the block's output, batch first.
         model_output: shape of the model's output (the last block's), batch first.
+        layout: ``"channels_last"`` when the block's output is ``(N, *spatial, C)`` (see
+            :func:`~lightning_mpc.core.blocks.block_layout`); channels first otherwise.
 
     Raises:
         ValueError: for shapes no built-in head covers, with a hint to supply heads.
@@ -77,6 +86,8 @@ def infer_head_spec(block_index: int, block_output: torch.Size, model_output: to
             return HeadSpec("vector", block_output[1], out)
         if len(block_output) == 3:
             return HeadSpec("tokens", block_output[2], out)
+        if len(block_output) >= 4 and layout == "channels_last":
+            return HeadSpec("channels_last", block_output[-1], out)
         if len(block_output) >= 4:
             return HeadSpec("feature_map", block_output[1], out)
     elif len(model_output) == 3 and len(block_output) == 3 and block_output[1] == model_output[1]:
@@ -86,6 +97,20 @@ def infer_head_spec(block_index: int, block_output: torch.Size, model_output: to
         f"model's output of shape {tuple(model_output)}: built-in heads produce (batch, outputs) from "
         f"vectors, feature maps or token sequences, or (batch, tokens, outputs) per token. {hint}"
     )
+
+
+def infer_head_specs(blocks: Sequence[nn.Module], output_shapes: Sequence[torch.Size]) -> list[HeadSpec]:
+    """One head spec per block but the last, from every block's output shape and the blocks' layouts.
+
+    Args:
+        blocks: the blocks, in order.
+        output_shapes: each block's output shape (the last one is the model's output).
+    """
+    model_output = output_shapes[-1]
+    return [
+        infer_head_spec(index, output_shapes[index], model_output, block_layout(blocks[index]))
+        for index in range(len(blocks) - 1)
+    ]
 
 
 def build_heads(specs: Sequence[HeadSpec]) -> nn.ModuleList:

@@ -1,128 +1,206 @@
-"""Cutting a model into blocks whose sequential composition is the model."""
+"""Cutting a model into blocks whose sequential composition is the model.
+
+:func:`partition` asks the partitioner registered for the model's class
+(:mod:`lightning_mpc.core.partitioners`) for the model's natural blocks, merges the blocks that have
+nothing to learn into a neighbour, and optionally merges or re-cuts them into ``num_blocks`` blocks,
+evenly or balanced by real activation memory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockSpan", "hook_points", "is_resnet", "partition"]
+from lightning_mpc.core.blocks import (
+    BlockSpan,
+    block_layout,
+    block_parameter_count,
+    describe,
+    has_trainable_parameters,
+    hook_points,
+    join_units,
+    module_device,
+    run_blocks,
+)
+from lightning_mpc.core.partitioners import REGISTRY, register_partitioner, supported_models
+from lightning_mpc.core.partitioners.balance import balance_by_memory
+from lightning_mpc.core.partitioners.registry import supported_summary
+
+__all__ = [
+    "BALANCES",
+    "Balance",
+    "BlockSpan",
+    "block_layout",
+    "block_parameter_count",
+    "describe",
+    "hook_points",
+    "absorb_parameter_free",
+    "merge_evenly",
+    "module_device",
+    "natural_blocks",
+    "partition",
+    "register_partitioner",
+    "run_blocks",
+    "supported_models",
+]
+
+Balance = Literal["memory"]
+BALANCES: tuple[str, ...] = ("memory",)
 
 
-class BlockSpan(nn.Sequential):
-    """Several consecutive submodules of a parent, run as one block.
+def natural_blocks(model: nn.Module) -> list[list[nn.Module]]:
+    """The model's natural blocks as its registered partitioner gives them, each a list of units.
 
-    The parent's own ``forward`` calls the submodules one by one (for example torchvision's
-    ``ResNet.forward`` calls ``conv1``, ``bn1``, ``relu`` and ``maxpool``), so the span records which
-    of them the parent calls first (``mpc_entry``) and last (``mpc_exit``): hooks on those two see the
-    block's input and output when the parent's forward runs. Calling the span itself runs its
-    modules in order, which is the same computation.
-
-    Args:
-        *modules: the submodules, in the order the parent applies them.
-        entry: index in ``modules`` of the first module the parent calls.
-        exit: index in ``modules`` of the last module the parent calls.
+    Raises:
+        TypeError: if no partitioner is registered for the model's class (the message lists the
+            supported classes and how to register one), or the partitioner returns something else
+            than modules.
+        ValueError: if the partitioner returns no blocks.
     """
-
-    def __init__(self, *modules: nn.Module, entry: int = 0, exit: int = -1) -> None:  # noqa: A002
-        super().__init__(*modules)
-        self._entry_index = entry
-        self._exit_index = exit
-
-    @property
-    def mpc_entry(self) -> nn.Module:
-        """The submodule whose input is the block's input."""
-        return self[self._entry_index]
-
-    @property
-    def mpc_exit(self) -> nn.Module:
-        """The submodule whose output is the block's output."""
-        return self[self._exit_index]
-
-
-def hook_points(block: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The modules whose input and output are ``block``'s, when a parent's forward runs it."""
-    entry = getattr(block, "mpc_entry", block)
-    exit_ = getattr(block, "mpc_exit", block)
-    return entry, exit_
-
-
-def is_resnet(model: nn.Module) -> bool:
-    """Whether ``model`` is a torchvision ``ResNet`` (any depth, BasicBlock or Bottleneck)."""
-    try:
-        from torchvision.models import ResNet
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return False
-    return isinstance(model, ResNet)
+    entry = REGISTRY.lookup(model)
+    if entry is None:
+        raise TypeError(
+            f"Cannot partition a {type(model).__name__}: no partitioner is registered for it or its base classes "
+            f"(supported: {supported_summary()}). HINT: pass a list of submodules that the forward applies in "
+            "order (configure_blocks() in a LightningModule, or the blocks argument of horizon_backward), or "
+            f"teach partition() the class: lightning_mpc.register_partitioner({type(model).__name__}, fn), where "
+            "fn(model) returns its blocks in forward order."
+        )
+    raw = list(entry.fn(model))
+    if not raw:
+        raise ValueError(
+            f"The partitioner for {type(model).__name__} ({entry.name}) returned no blocks. "
+            "HINT: give the model at least one submodule."
+        )
+    groups: list[list[nn.Module]] = []
+    for index, item in enumerate(raw):
+        units = [item] if isinstance(item, nn.Module) else list(item)
+        if not units or not all(isinstance(unit, nn.Module) for unit in units):
+            raise TypeError(
+                f"Natural block {index} from the partitioner of {type(model).__name__} is {item!r}. "
+                "HINT: a partitioner returns modules, or non-empty lists of modules."
+            )
+        groups.append(units)
+    return groups
 
 
-def _partition_resnet(model: nn.Module) -> list[nn.Module]:
-    stem = BlockSpan(model.conv1, model.bn1, model.relu, model.maxpool)
-    residual = [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
-    classifier = BlockSpan(model.avgpool, nn.Flatten(1), model.fc, entry=0, exit=2)
-    return [stem, *residual, classifier]
+def absorb_parameter_free(groups: Sequence[Sequence[nn.Module]]) -> list[list[nn.Module]]:
+    """Merge every group without trainable parameters into the group before it (the first into the next).
+
+    Pieces with nothing to learn (activations, pooling, flatten) then get no local head and do not count
+    toward the horizon. Merging into the preceding block puts an in-place activation at the end of a
+    block, where it works on that block's own output, instead of at the start of the next one.
+    """
+    merged: list[list[nn.Module]] = []
+    pending: list[nn.Module] = []
+    for group in groups:
+        units = list(group)
+        if any(has_trainable_parameters(unit) for unit in units):
+            merged.append(pending + units)
+            pending = []
+        elif merged:
+            merged[-1].extend(units)
+        else:
+            pending.extend(units)
+    if pending:  # nothing learns anywhere: one block
+        merged.append(pending)
+    return merged
 
 
-def partition(model: nn.Module) -> list[nn.Module]:
+def merge_evenly(groups: Sequence[Sequence[nn.Module]], num_blocks: int) -> list[list[nn.Module]]:
+    """Merge consecutive groups into ``num_blocks`` groups holding as equal numbers of them as possible.
+
+    Raises:
+        ValueError: if ``num_blocks`` is below 1 or above the number of groups.
+    """
+    count = len(groups)
+    if not 1 <= num_blocks <= count:
+        raise ValueError(
+            f"num_blocks={num_blocks} cannot be made from {count} natural blocks by merging. HINT: pass "
+            f"1 <= num_blocks <= {count}, or balance='memory' to cut inside the natural blocks as well."
+        )
+    size, extra = divmod(count, num_blocks)
+    merged: list[list[nn.Module]] = []
+    start = 0
+    for index in range(num_blocks):
+        stop = start + size + (1 if index < extra else 0)
+        merged.append([unit for group in groups[start:stop] for unit in group])
+        start = stop
+    return merged
+
+
+def partition(
+    model: nn.Module,
+    *,
+    num_blocks: int | None = None,
+    balance: Balance | None = None,
+    example_input: Tensor | Callable[[Sequence[nn.Module]], Tensor] | None = None,
+    merge_parameter_free: bool = True,
+) -> list[nn.Module]:
     """Cut ``model`` into blocks whose sequential composition equals ``model(x)``.
 
-    Supported:
+    The cut follows the model's own ``forward`` (the functional steps between its submodules, such as
+    ``torch.flatten`` before a classifier, belong to the next block), and inside that forward each block
+    is seen through hooks on its first and last module, which is how ``strategy="mpc"`` runs an
+    unmodified ``training_step``. The blocks share parameters with ``model``; nothing is copied. A bare
+    parameter the forward uses between blocks (a ViT's class token and position embedding) belongs to the
+    block that uses it.
+
+    Supported (see :func:`lightning_mpc.supported_models`; add your own with
+    :func:`lightning_mpc.register_partitioner`):
 
     * ``nn.Sequential``: its children, in order.
-    * torchvision ``ResNet`` (resnet18 ... resnet152, wide and ResNeXt variants): the stem
-      (``conv1, bn1, relu, maxpool``), every residual block of ``layer1..layer4``, and the pooled
-      classifier (``avgpool``, flatten, ``fc``).
+    * torchvision ResNet/ResNeXt/Wide ResNet, RegNet, MobileNetV2/V3, EfficientNet V1/V2, MNASNet,
+      ShuffleNetV2, VGG, AlexNet, SqueezeNet, DenseNet, GoogLeNet and Inception v3 (built with
+      ``aux_logits=False``), ConvNeXt, ViT and Swin (V1/V2): the family's natural unit (stem, residual or
+      inverted-residual block, encoder layer, pooled classifier).
+    * timm ResNet, ConvNeXt, EfficientNet/MobileNet and VisionTransformer (with timm installed).
 
-    The blocks share parameters with ``model``; nothing is copied.
+    Blocks without trainable parameters (an activation or pooling that is its own ``Sequential`` child)
+    merge into the block before them, so every block learns and the horizon counts learning blocks. To
+    keep one block per child as before, pass ``merge_parameter_free=False`` (or return the children from
+    ``configure_blocks()``).
 
     Args:
         model: the network to cut.
+        num_blocks: how many blocks to return. Without ``balance``, consecutive natural blocks are merged
+            into groups of equal counts; with ``balance="memory"`` the cuts are chosen by memory, also
+            inside natural blocks where their units allow (a ResNet stem splits into conv, norm, activation
+            and pooling). Default: the natural blocks.
+        balance: ``"memory"`` chooses the cuts so that the largest block's real memory at ``h = 1``
+            (activations, input and output, measured with the allocator on ``example_input``) is as small
+            as possible, torchgpipe's ``balance_by_size`` applied to horizon training.
+        example_input: with ``balance``: block 0's input (a batch, or a few samples of one), or a function
+            that returns it given the default blocks (how the strategies capture it from the
+            LightningModule's own forward; it is called only when needed).
+        merge_parameter_free: merge blocks without trainable parameters into a neighbour.
 
     Returns:
         The blocks, in order.
 
     Raises:
-        TypeError: for any other kind of module, with a hint on how to supply blocks.
+        TypeError: for a model no partitioner is registered for, with the supported list and a hint.
+        ValueError: for a ``num_blocks`` the model cannot be cut into, or ``balance`` without an input.
     """
-    if is_resnet(model):
-        return _partition_resnet(model)
-    if isinstance(model, nn.Sequential):
-        blocks = list(model.children())
-        if not blocks:
+    groups = natural_blocks(model)
+    if balance is not None:
+        if balance not in BALANCES:
+            raise ValueError(f"Unknown balance={balance!r}. HINT: use one of {BALANCES} or None.")
+        if example_input is None:
             raise ValueError(
-                "Cannot partition an empty nn.Sequential. HINT: give the Sequential at least one module."
+                f"partition(balance={balance!r}) measures memory on an example and got none. "
+                "HINT: pass example_input= (block 0's input, a few samples are enough)."
             )
-        return blocks
-    raise TypeError(
-        f"Cannot partition a {type(model).__name__}: supported are nn.Sequential and torchvision ResNet. "
-        "HINT: pass a list of submodules that the forward applies in order (configure_blocks() in a "
-        "LightningModule, or the blocks argument of horizon_backward)."
-    )
-
-
-def run_blocks(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
-    """Apply ``blocks`` in order (the composition :func:`partition` promises equals the model)."""
-    for block in blocks:
-        x = block(x)
-    return x
-
-
-def block_parameter_count(block: nn.Module) -> int:
-    """Number of trainable parameter elements in ``block``."""
-    return sum(p.numel() for p in block.parameters() if p.requires_grad)
-
-
-def describe(block: nn.Module) -> str:
-    """Short name of a block for messages and summaries, e.g. ``BlockSpan(Conv2d..MaxPool2d)``."""
-    if isinstance(block, BlockSpan):
-        names = [type(m).__name__ for m in block]
-        return f"BlockSpan({names[0]}..{names[-1]})"
-    return type(block).__name__
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """Device of the first parameter or buffer of ``module`` (CPU if it has none)."""
-    for tensor in [*module.parameters(), *module.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
+        default = absorb_parameter_free(groups)
+        if callable(example_input):
+            example_input = example_input([join_units(group) for group in default])
+        units = [unit for group in groups for unit in group]
+        target = num_blocks if num_blocks is not None else len(default)
+        return [join_units(group) for group in balance_by_memory(units, example_input, target)]
+    if merge_parameter_free:
+        groups = absorb_parameter_free(groups)
+    if num_blocks is not None:
+        groups = merge_evenly(groups, num_blocks)
+    return [join_units(group) for group in groups]

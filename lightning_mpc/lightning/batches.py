@@ -6,12 +6,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 
+from lightning_mpc.core.hooks import first_block_input
+from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.core.partition import run_blocks
 from lightning_mpc.lightning.mixin import batch_input
 
-__all__ = ["EXAMPLE_SAMPLES", "call_forward", "example_input", "training_dataloader"]
+__all__ = ["EXAMPLE_SAMPLES", "call_forward", "example_block_input", "example_input", "training_dataloader"]
 
 EXAMPLE_SAMPLES = 2
 """Samples of the first batch used for dry runs (shapes, per-sample memory)."""
@@ -57,3 +61,15 @@ def call_forward(module: pl.LightningModule, blocks: Sequence[nn.Module], exampl
     if isinstance(example, tuple):
         return module(*example)
     return module(example)
+
+
+def example_block_input(
+    trainer: pl.Trainer, module: pl.LightningModule, blocks: Sequence[nn.Module], device: torch.device, purpose: str
+) -> Tensor:
+    """Block 0's input when the module's forward runs on :func:`example_input` (moved to ``device``), without grad.
+
+    The forward stops at block 0; buffers are restored.
+    """
+    example = move_data_to_device(example_input(trainer, module, purpose), device)
+    with torch.no_grad(), preserved_buffers([module]):
+        return first_block_input(blocks, lambda: call_forward(module, blocks, example))

@@ -21,14 +21,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_mpc.core.engine import HorizonEngine, iter_parameters
-from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss, infer_head_spec
+from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss, infer_head_specs
 from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import describe
+from lightning_mpc.core.partition import Balance, describe
 from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
-from lightning_mpc.lightning.batches import call_forward, example_input
+from lightning_mpc.lightning.batches import call_forward, example_block_input, example_input
 from lightning_mpc.lightning.mixin import (
     HEADS_ATTRIBUTE,
     MPCMixin,
@@ -53,6 +53,8 @@ class MPCController:
         memory_weight: with ``"auto"``: the minimum of ``memory_weight * bytes - cos^2``.
         auto_batches: with ``"auto"``: how many of the first training batches to measure on.
         probes: with ``"auto"``: the horizons to measure (default ``1, 2, 4, ...`` and ``T``).
+        num_blocks: cut the network into this many blocks (see :func:`lightning_mpc.partition`).
+        balance: ``"memory"``: choose the cuts by real activation memory on the first batch.
     """
 
     def __init__(
@@ -65,7 +67,11 @@ class MPCController:
         memory_weight: float | None = None,
         auto_batches: int = DEFAULT_AUTO_BATCHES,
         probes: Sequence[int] | None = None,
+        num_blocks: int | None = None,
+        balance: Balance | None = None,
     ) -> None:
+        self.num_blocks = num_blocks
+        self.balance = balance
         self.auto = AutoHorizon.from_arguments(
             horizon,
             memory_budget=memory_budget,
@@ -94,7 +100,14 @@ class MPCController:
                 "write local gradients during training_step. HINT: set self.automatic_optimization = True."
             )
         self.teardown(module)
-        blocks = resolve_blocks(module)
+        blocks = resolve_blocks(
+            module,
+            num_blocks=self.num_blocks,
+            balance=self.balance,
+            example_input=functools.partial(
+                example_block_input, trainer, module, device=device, purpose="balance the partition by memory"
+            ),
+        )
         hooks = BlockHooks(blocks)
         try:
             heads = self._resolve_heads(trainer, module, blocks, hooks, device)
@@ -185,8 +198,7 @@ class MPCController:
                     f"Block {index} ({describe(blocks[index])}) returned {shape.__name__}, expected a Tensor. "
                     "HINT: blocks must map one tensor to one tensor."
                 )
-        model_output = recorder.shapes[len(blocks) - 1]
-        return [infer_head_spec(i, recorder.shapes[i], model_output) for i in range(len(blocks) - 1)]
+        return infer_head_specs(blocks, [recorder.shapes[i] for i in range(len(blocks))])
 
     @staticmethod
     def _warn_outside_parameters(module: nn.Module, blocks: Sequence[nn.Module], heads: nn.ModuleList) -> None:

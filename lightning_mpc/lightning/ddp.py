@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_mpc.core.gradsync import GradientAverager, broadcast_tensors
+from lightning_mpc.core.partition import Balance
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.auto_horizon import DEFAULT_AUTO_BATCHES
 from lightning_mpc.lightning.base import MPCStrategyMixin
@@ -49,6 +50,9 @@ class MPCDDPStrategy(MPCStrategyMixin, DDPStrategy):
         auto_batches: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`.
         probes: with ``horizon="auto"``, as in :class:`~lightning_mpc.MPCStrategy`.
         telemetry: per-block metrics, as in :class:`~lightning_mpc.MPCStrategy` (logged from rank 0).
+        num_blocks: as in :class:`~lightning_mpc.MPCStrategy`.
+        balance: as in :class:`~lightning_mpc.MPCStrategy`; every process measures the same shapes, so the
+            cuts agree.
         **kwargs: passed to :class:`~lightning.pytorch.strategies.DDPStrategy` (``accelerator``,
             ``parallel_devices``, ``cluster_environment``, ``process_group_backend``, ``timeout``,
             ``start_method``, ...). DDP communication hooks and model averaging act on the DDP wrapper,
@@ -75,6 +79,8 @@ class MPCDDPStrategy(MPCStrategyMixin, DDPStrategy):
         auto_batches: int = DEFAULT_AUTO_BATCHES,
         probes: Sequence[int] | None = None,
         telemetry: bool | MPCTelemetry = True,
+        num_blocks: int | None = None,
+        balance: Balance | None = None,
         **kwargs: Any,
     ) -> None:
         refused = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
@@ -98,6 +104,8 @@ class MPCDDPStrategy(MPCStrategyMixin, DDPStrategy):
             memory_weight=memory_weight,
             auto_batches=auto_batches,
             probes=probes,
+            num_blocks=num_blocks,
+            balance=balance,
         )
         self.telemetry = telemetry
         super().__init__(**kwargs)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss
-from lightning_mpc.core.partition import is_resnet, partition
+from lightning_mpc.core.partition import Balance, partition
+from lightning_mpc.core.partitioners import partitioner_for
+from lightning_mpc.core.partitioners.registry import supported_summary
 
 __all__ = [
     "HEADS_ATTRIBUTE",
@@ -25,40 +27,63 @@ CHECKPOINT_KEY = "mpc"
 
 
 def find_backbone(module: nn.Module) -> nn.Module:
-    """The module's only direct child that is an ``nn.Sequential`` or a torchvision ``ResNet``.
+    """The module's only direct child that :func:`~lightning_mpc.partition` can cut (a registered model type).
 
     Raises:
-        ValueError: if there is none, or more than one (the message names the candidates).
+        ValueError: if there is none, or more than one (the message names the candidates, what is
+            supported and how to register a partitioner).
     """
     candidates = [
         (name, child)
         for name, child in module.named_children()
-        if name != HEADS_ATTRIBUTE and (isinstance(child, nn.Sequential) or is_resnet(child))
+        if name != HEADS_ATTRIBUTE and partitioner_for(child) is not None
     ]
     if len(candidates) == 1:
         return candidates[0][1]
     hint = (
-        "HINT: override configure_blocks() to return the network to cut (an nn.Sequential or a ResNet) "
-        "or a list of submodules that forward() applies in order."
+        "HINT: override configure_blocks() to return the network to cut or a list of submodules that forward() "
+        "applies in order, or register a partitioner for your network's class with "
+        "lightning_mpc.register_partitioner(MyNet, fn)."
     )
     if not candidates:
         children = ", ".join(f"{n} ({type(c).__name__})" for n, c in module.named_children()) or "none"
         raise ValueError(
-            f"{type(module).__name__} has no nn.Sequential or torchvision ResNet child to cut into blocks "
-            f"(children: {children}). {hint}"
+            f"{type(module).__name__} has no child that lightning_mpc.partition can cut into blocks "
+            f"(children: {children}; supported: {supported_summary()}). {hint}"
         )
     names = ", ".join(f"{n} ({type(c).__name__})" for n, c in candidates)
     raise ValueError(f"{type(module).__name__} has several networks that could be cut into blocks: {names}. {hint}")
 
 
-def resolve_blocks(module: nn.Module) -> list[nn.Module]:
-    """The blocks of ``module``: ``configure_blocks()`` when it has one, else its only backbone, partitioned."""
+def resolve_blocks(
+    module: nn.Module,
+    *,
+    num_blocks: int | None = None,
+    balance: Balance | None = None,
+    example_input: Callable[[Sequence[nn.Module]], Tensor] | None = None,
+) -> list[nn.Module]:
+    """The blocks of ``module``: ``configure_blocks()`` when it has one, else its only backbone, partitioned.
+
+    Args:
+        module: the LightningModule (or any module with one network child).
+        num_blocks: passed to :func:`~lightning_mpc.partition` when the network is cut automatically.
+        balance: passed to :func:`~lightning_mpc.partition` (``"memory"``).
+        example_input: with ``balance``: maps the natural blocks to block 0's input on an example batch.
+    """
     configured: Sequence[nn.Module] | nn.Module
     if isinstance(module, MPCMixin):
         configured = module.configure_blocks()
     else:
         configured = find_backbone(module)
-    blocks = partition(configured) if isinstance(configured, nn.Module) else list(configured)
+    if isinstance(configured, nn.Module):
+        blocks = partition(configured, num_blocks=num_blocks, balance=balance, example_input=example_input)
+    else:
+        if num_blocks is not None or balance is not None:
+            raise ValueError(
+                f"{type(module).__name__}.configure_blocks() returned a list of blocks, so num_blocks and balance "
+                "have nothing to cut. HINT: return the network itself from configure_blocks(), or drop them."
+            )
+        blocks = list(configured)
     if not blocks:
         raise ValueError(
             f"{type(module).__name__}.configure_blocks() returned no blocks. HINT: return at least one module."
@@ -152,8 +177,8 @@ class MPCMixin:
         """The network to cut into blocks, or the blocks themselves.
 
         Returns:
-            A module to pass to :func:`lightning_mpc.partition` (default: the module's only
-            ``nn.Sequential`` or ``ResNet`` child), or a list of submodules that ``forward`` applies
+            A module to pass to :func:`lightning_mpc.partition` (default: the module's only child
+            that it can cut, see :func:`lightning_mpc.supported_models`), or a list of submodules that ``forward`` applies
             in order, each exactly once.
         """
         assert isinstance(self, nn.Module)

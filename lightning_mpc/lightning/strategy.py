@@ -12,6 +12,7 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from typing_extensions import override
 
+from lightning_mpc.core.partition import Balance
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.auto_horizon import DEFAULT_AUTO_BATCHES
 from lightning_mpc.lightning.base import MPCStrategyMixin
@@ -24,8 +25,8 @@ __all__ = ["MPCStrategy"]
 class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
     """Train with the model-predictive-control rule: each block learns from a loss ``horizon`` blocks ahead.
 
-    The network inside the ``LightningModule`` (its only ``nn.Sequential`` or torchvision ``ResNet``
-    child, or what :meth:`~lightning_mpc.MPCMixin.configure_blocks` returns) is cut into blocks; each
+    The network inside the ``LightningModule`` (its only child that :func:`lightning_mpc.partition` can cut,
+    see :func:`lightning_mpc.supported_models`, or what :meth:`~lightning_mpc.MPCMixin.configure_blocks` returns) is cut into blocks; each
     block but the last gets a small local head. During the user's unmodified ``training_step``, forward
     hooks interleave the window backwards with the forward, so only about ``horizon`` consecutive
     blocks' activations are held at any time; the loss returned by ``training_step`` trains the last
@@ -53,6 +54,11 @@ class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
         telemetry: per-block losses, accuracy, memory, time and alignment logged to every logger
             (:class:`~lightning_mpc.MPCTelemetry`): ``True`` for the defaults, an ``MPCTelemetry`` to configure
             it, ``False`` for none. An ``MPCTelemetry`` in ``Trainer(callbacks=...)`` takes precedence.
+        num_blocks: cut the network into this many blocks instead of its natural ones (see
+            :func:`lightning_mpc.partition`); ignored when ``configure_blocks()`` returns a list.
+        balance: ``"memory"`` chooses the cuts so that the largest block's real memory at ``h = 1`` is as
+            small as possible, measured on the first batch (``num_blocks`` blocks, default as many as the
+            natural cut).
 
     Example::
 
@@ -79,6 +85,8 @@ class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
         auto_batches: int = DEFAULT_AUTO_BATCHES,
         probes: Sequence[int] | None = None,
         telemetry: bool | MPCTelemetry = True,
+        num_blocks: int | None = None,
+        balance: Balance | None = None,
     ) -> None:
         self.mpc = MPCController(
             horizon,
@@ -88,6 +96,8 @@ class MPCStrategy(MPCStrategyMixin, SingleDeviceStrategy):
             memory_weight=memory_weight,
             auto_batches=auto_batches,
             probes=probes,
+            num_blocks=num_blocks,
+            balance=balance,
         )
         super().__init__(
             device="cpu", accelerator=accelerator, checkpoint_io=checkpoint_io, precision_plugin=precision_plugin
