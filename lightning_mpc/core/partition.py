@@ -44,6 +44,7 @@ __all__ = [
     "register_partitioner",
     "run_blocks",
     "supported_models",
+    "validate_partition_options",
 ]
 
 Balance = Literal["memory"]
@@ -131,6 +132,18 @@ def merge_evenly(groups: Sequence[Sequence[nn.Module]], num_blocks: int) -> list
     return merged
 
 
+def validate_partition_options(num_blocks: int | None, balance: str | None) -> None:
+    """Check ``num_blocks`` and ``balance`` before any model is seen (strategies call it at construction).
+
+    Raises:
+        ValueError: for a ``num_blocks`` below 1 or an unknown ``balance``.
+    """
+    if num_blocks is not None and (isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1):
+        raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}. HINT: pass e.g. num_blocks=8.")
+    if balance is not None and balance not in BALANCES:
+        raise ValueError(f"Unknown balance={balance!r}. HINT: use one of {', '.join(map(repr, BALANCES))} or None.")
+
+
 def partition(
     model: nn.Module,
     *,
@@ -170,11 +183,14 @@ def partition(
             inside natural blocks where their units allow (a ResNet stem splits into conv, norm, activation
             and pooling). Default: the natural blocks.
         balance: ``"memory"`` chooses the cuts so that the largest block's real memory at ``h = 1``
-            (activations, input and output, measured with the allocator on ``example_input``) is as small
-            as possible, torchgpipe's ``balance_by_size`` applied to horizon training.
-        example_input: with ``balance``: block 0's input (a batch, or a few samples of one), or a function
-            that returns it given the default blocks (how the strategies capture it from the
-            LightningModule's own forward; it is called only when needed).
+            (activations, input, output gradient and backward temporaries, measured with the allocator on
+            ``example_input``) is as small as possible, torchgpipe's ``balance_by_size`` applied to horizon
+            training. The cuts may fall inside natural blocks where the partitioner lists smaller units,
+            also before in-place operations. Balanced for ``h = 1``; larger horizons may hold more than with
+            the natural cut.
+        example_input: with ``balance``: block 0's input at the training batch size, or a function that
+            returns it given the default blocks (how the strategies capture it from the LightningModule's
+            own forward; it is called only when needed).
         merge_parameter_free: merge blocks without trainable parameters into a neighbour.
 
     Returns:
@@ -184,14 +200,13 @@ def partition(
         TypeError: for a model no partitioner is registered for, with the supported list and a hint.
         ValueError: for a ``num_blocks`` the model cannot be cut into, or ``balance`` without an input.
     """
+    validate_partition_options(num_blocks, balance)
     groups = natural_blocks(model)
     if balance is not None:
-        if balance not in BALANCES:
-            raise ValueError(f"Unknown balance={balance!r}. HINT: use one of {BALANCES} or None.")
         if example_input is None:
             raise ValueError(
                 f"partition(balance={balance!r}) measures memory on an example and got none. "
-                "HINT: pass example_input= (block 0's input, a few samples are enough)."
+                "HINT: pass example_input= (block 0's input at the training batch size)."
             )
         default = absorb_parameter_free(groups)
         if callable(example_input):

@@ -42,14 +42,16 @@ def training_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose
     return dataloader
 
 
-def example_input(trainer: pl.Trainer, module: pl.LightningModule, purpose: str) -> Any:
-    """``module.example_input_array``, or the input of the first training batch cut to a few samples."""
+def example_input(
+    trainer: pl.Trainer, module: pl.LightningModule, purpose: str, samples: int | None = EXAMPLE_SAMPLES
+) -> Any:
+    """``module.example_input_array``, or the input of the first training batch cut to ``samples`` (``None``: all)."""
     example = module.example_input_array
     if example is not None:
         return example
     batch = next(iter(training_dataloader(trainer, module, purpose)))
     x = batch_input(batch)
-    return x[:EXAMPLE_SAMPLES] if isinstance(x, Tensor) else x
+    return x[:samples] if isinstance(x, Tensor) and samples is not None else x
 
 
 def call_forward(module: pl.LightningModule, blocks: Sequence[nn.Module], example: Any) -> Any:
@@ -66,10 +68,10 @@ def call_forward(module: pl.LightningModule, blocks: Sequence[nn.Module], exampl
 def example_block_input(
     trainer: pl.Trainer, module: pl.LightningModule, blocks: Sequence[nn.Module], device: torch.device, purpose: str
 ) -> Tensor:
-    """Block 0's input when the module's forward runs on :func:`example_input` (moved to ``device``), without grad.
+    """Block 0's input when the module's forward runs on the whole first training batch (or ``example_input_array``).
 
-    The forward stops at block 0; buffers are restored.
+    Moved to ``device``, computed without grad; the forward stops at block 0 and buffers are restored.
     """
-    example = move_data_to_device(example_input(trainer, module, purpose), device)
+    example = move_data_to_device(example_input(trainer, module, purpose, samples=None), device)
     with torch.no_grad(), preserved_buffers([module]):
         return first_block_input(blocks, lambda: call_forward(module, blocks, example))

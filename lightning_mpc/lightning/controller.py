@@ -24,7 +24,7 @@ from lightning_mpc.core.engine import HorizonEngine, iter_parameters
 from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss, infer_head_specs
 from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import Balance, describe
+from lightning_mpc.core.partition import Balance, describe, validate_partition_options
 from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
@@ -70,6 +70,7 @@ class MPCController:
         num_blocks: int | None = None,
         balance: Balance | None = None,
     ) -> None:
+        validate_partition_options(num_blocks, balance)
         self.num_blocks = num_blocks
         self.balance = balance
         self.auto = AutoHorizon.from_arguments(

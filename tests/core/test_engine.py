@@ -222,3 +222,24 @@ def test_generated_stacks_match_reference(stack: tuple[nn.Sequential, int], hori
     blocks = partition(model)
     heads = auto_heads(blocks, x).double()
     assert_matches_reference((model, blocks, heads, x, y), horizon, mode)
+
+
+@pytest.mark.parametrize(
+    ("horizon", "mode", "differentiated"),
+    [(1, "sliding", []), (2, "sliding", [1, 2, 3, 4]), (2, "block", [1, 3]), (4, "sliding", [1, 2, 3, 4])],
+)
+def test_only_inputs_a_window_differentiates_carry_a_graph(horizon: int, mode: str, differentiated: list[int]) -> None:
+    """Elsewhere the next block gets the values alone: no copy for in-place first ops, no leaf kept alive."""
+    blocks = [nn.Linear(3, 3) for _ in range(5)]
+    heads = [nn.Linear(3, 2) for _ in range(4)]
+    engine = HorizonEngine(blocks, heads, horizon, mode)  # type: ignore[arg-type]
+    y = torch.tensor([0, 1])
+    engine.start(lambda p: F.cross_entropy(p, y))
+    x = torch.randn(2, 3)
+    handed = []
+    for index, block in enumerate(blocks):
+        x = engine.block_output(index, block(x))
+        handed.append(x.requires_grad)
+    engine.finish(F.cross_entropy(x, y))
+    assert [d for d in range(1, 5) if handed[d - 1]] == differentiated
+    assert handed[-1]  # the model's output always carries the final loss's gradient

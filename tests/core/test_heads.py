@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_mpc.core.heads import HeadSpec, LocalHead, default_local_loss, infer_head_spec
+from lightning_mpc.core.blocks import BlockSpan
+from lightning_mpc.core.heads import HeadSpec, LocalHead, default_local_loss, infer_head_spec, infer_head_specs
 
 
 @pytest.mark.parametrize(
@@ -24,6 +25,23 @@ def test_head_kind_follows_shapes(block_shape: tuple, model_shape: tuple, kind: 
     assert spec == HeadSpec(kind, in_features, out_features)  # type: ignore[arg-type]
     head = LocalHead(spec)
     assert head(torch.randn(block_shape)).shape == torch.Size(model_shape)
+
+
+def test_channels_last_blocks_get_heads_that_pool_the_spatial_dimensions() -> None:
+    spec = infer_head_spec(0, torch.Size((8, 5, 6, 16)), torch.Size((8, 10)), layout="channels_last")
+    assert spec == HeadSpec("channels_last", 16, 10)
+    head = LocalHead(spec)
+    x = torch.randn(8, 5, 6, 16)
+    torch.testing.assert_close(head(x), head.linear(x.mean((1, 2))))
+    # The same shape without the layout is read channels first.
+    assert infer_head_spec(0, torch.Size((8, 5, 6, 16)), torch.Size((8, 10))).in_features == 5
+
+
+def test_head_specs_follow_each_blocks_layout() -> None:
+    blocks = [BlockSpan(nn.Identity(), layout="channels_last"), nn.Identity(), nn.Identity()]
+    shapes = [torch.Size((2, 4, 4, 8)), torch.Size((2, 8, 4, 4)), torch.Size((2, 3))]
+    kinds = [(s.kind, s.in_features) for s in infer_head_specs(blocks, shapes)]
+    assert kinds == [("channels_last", 8), ("feature_map", 8)]
 
 
 def test_unsupported_shapes_name_the_block_and_hint() -> None:

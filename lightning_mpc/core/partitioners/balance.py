@@ -1,13 +1,16 @@
 """Memory-balanced cuts: torchgpipe's ``balance_by_size`` idea applied to horizon training.
 
-At ``h = 1`` the engine holds one block's window at a time: the block's input (a graph leaf), the
-tensors its forward allocated and still references (its output and what autograd saved), the gradient
-arriving at its output and the backward's temporaries. A network whose activations are uneven (the
-ResNet stem holds over a third of ResNet-18's on small images) then peaks in its largest block, and
+At ``h = 1`` the engine holds one block's window at a time: the block's input (handed over without a
+graph), the tensors its forward allocated and still references (its output and what autograd saved), the
+gradient arriving at its output and the backward's temporaries. A network whose activations are uneven
+(the ResNet stem holds over a third of ResNet-18's on small images) then peaks in its largest block, and
 only finer cuts where activations are large bring ``h = 1`` down. This module measures each unit's real
-bytes with the allocator (:class:`~lightning_mpc.core.realmem.RealMemoryMeter`), models a block's
-window from them (:func:`window_bytes`) and chooses the contiguous cut whose largest window is smallest
-(dynamic programming, ties broken by the smaller sum), each block holding at least one unit that learns.
+bytes with the allocator (:class:`~lightning_mpc.core.realmem.RealMemoryMeter`), models a block's window
+from them (:func:`window_bytes`) and chooses the contiguous cut whose largest window is smallest (dynamic
+programming, ties broken by the smaller sum), each block holding at least one unit that learns.
+
+Measure at the training batch size: activations scale with the batch, parameter-gradient buffers do not,
+and which of them dominates decides where the cuts go.
 """
 
 from __future__ import annotations
@@ -191,7 +194,7 @@ def balance_by_memory(units: Sequence[nn.Module], x: Tensor, num_blocks: int) ->
 
     Args:
         units: the model's finest hookable units, in forward order.
-        x: block 0's input (a few samples are enough: bytes scale with the batch).
+        x: block 0's input at the training batch size.
         num_blocks: how many blocks to make.
     """
     bounds = best_cuts(measure_units(units, x), num_blocks)
