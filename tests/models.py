@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from lightning_mpc.core.heads import build_heads, infer_head_spec
+from lightning_mpc.core.heads import infer_heads
 from lightning_mpc.core.partition import partition
 
 Case = tuple[nn.Module, list[nn.Module], nn.ModuleList, Tensor, Tensor]
@@ -17,17 +17,7 @@ Case = tuple[nn.Module, list[nn.Module], nn.ModuleList, Tensor, Tensor]
 
 def auto_heads(blocks: list[nn.Module], x: Tensor) -> nn.ModuleList:
     """Heads built from the shapes of a no-grad forward, as the strategy does."""
-    shapes = []
-    with torch.no_grad():
-        was = [b.training for b in blocks]
-        for block in blocks:
-            block.eval()
-        for block in blocks:
-            x = block(x)
-            shapes.append(x.shape)
-        for block, mode in zip(blocks, was):
-            block.train(mode)
-    return build_heads([infer_head_spec(i, shapes[i], shapes[-1]) for i in range(len(blocks) - 1)])
+    return infer_heads(blocks, x)
 
 
 def mlp(depth: int = 6, width: int = 16, in_features: int = 12, classes: int = 5, batch: int = 8) -> Case:

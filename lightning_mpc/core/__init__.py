@@ -1,7 +1,15 @@
 """Pure-PyTorch core: partition, heads, the interleaved engine and memory accounting."""
 
 from lightning_mpc.core.engine import HorizonEngine, horizon_backward
-from lightning_mpc.core.heads import HeadSpec, LocalHead, build_heads, default_local_loss, infer_head_spec
+from lightning_mpc.core.heads import (
+    HeadSpec,
+    LocalHead,
+    build_heads,
+    default_local_loss,
+    infer_head_spec,
+    infer_head_specs,
+    infer_heads,
+)
 from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.memory import BlockProfile, SavedTensorMeter, preserved_buffers, profile_blocks
 from lightning_mpc.core.observer import EngineObserver
@@ -26,6 +34,8 @@ __all__ = [
     "default_local_loss",
     "horizon_backward",
     "infer_head_spec",
+    "infer_head_specs",
+    "infer_heads",
     "measure_peak",
     "partition",
     "preserved_buffers",

@@ -11,10 +11,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mpc.core.blocks import Layout, block_layout
+from lightning_mpc.core.memory import preserved_buffers
 
 HeadKind = Literal["vector", "feature_map", "channels_last", "tokens", "per_token"]
 
-__all__ = ["HeadSpec", "LocalHead", "build_heads", "default_local_loss", "infer_head_spec", "infer_head_specs"]
+__all__ = [
+    "HeadSpec",
+    "LocalHead",
+    "build_heads",
+    "default_local_loss",
+    "infer_head_spec",
+    "infer_head_specs",
+    "infer_heads",
+]
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,27 @@ def infer_head_specs(blocks: Sequence[nn.Module], output_shapes: Sequence[torch.
         infer_head_spec(index, output_shapes[index], model_output, block_layout(blocks[index]))
         for index in range(len(blocks) - 1)
     ]
+
+
+def infer_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
+    """Automatic local heads for ``blocks``, sized by running them on ``x``.
+
+    The blocks run in eval mode without grad (their modes and buffers are restored), as the strategies'
+    dry run does; the heads follow each block's output shape and layout (:func:`infer_head_specs`).
+    """
+    modes = [block.training for block in blocks]
+    shapes = []
+    try:
+        with torch.no_grad(), preserved_buffers(blocks):
+            for block in blocks:
+                block.eval()
+            for block in blocks:
+                x = block(x)
+                shapes.append(x.shape)
+    finally:
+        for block, mode in zip(blocks, modes):
+            block.train(mode)
+    return build_heads(infer_head_specs(blocks, shapes))
 
 
 def build_heads(specs: Sequence[HeadSpec]) -> nn.ModuleList:

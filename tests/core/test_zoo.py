@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_mpc import horizon_backward, partition
 from lightning_mpc.core.blocks import run_blocks
-from lightning_mpc.core.heads import build_heads, infer_head_specs
+from lightning_mpc.core.heads import infer_heads
 from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
 from lightning_mpc.core.memory import preserved_buffers
 from tests.zoo import CLASSES, ZooModel, zoo_params
@@ -22,16 +22,6 @@ ZOO = zoo_params()
 def _built(entry: ZooModel, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return entry.build()
-
-
-def _heads(blocks: list[nn.Module], x: Tensor) -> nn.ModuleList:
-    """Automatic heads from the shapes of a no-grad forward in eval mode, as the strategies build them."""
-    shapes = []
-    with torch.no_grad(), preserved_buffers(blocks):
-        for block in blocks:
-            x = block(x)
-            shapes.append(x.shape)
-    return build_heads(infer_head_specs(blocks, shapes))
 
 
 @pytest.mark.parametrize("entry", ZOO)
@@ -70,7 +60,7 @@ def test_horizon_two_gives_every_trainable_parameter_a_gradient(entry: ZooModel)
     x = entry.input(batch=4)
     y = torch.arange(4) % CLASSES
     blocks = partition(model)
-    heads = _heads(blocks, x)
+    heads = infer_heads(blocks, x)
     horizon_backward(blocks, list(heads), x, y, F.cross_entropy, horizon=2)
     for name, param in [*model.named_parameters(), *(("head." + n, p) for n, p in heads.named_parameters())]:
         if param.requires_grad:
@@ -88,7 +78,7 @@ def test_full_horizon_equals_backpropagation(entry: ZooModel) -> None:
         torch.manual_seed(1)  # the same dropout and stochastic-depth draws in both runs
         F.cross_entropy(reference(x), y).backward()
     blocks = partition(model)
-    heads = _heads(blocks, x).double()
+    heads = infer_heads(blocks, x).double()
     with preserved_buffers([model]):
         torch.manual_seed(1)
         horizon_backward(blocks, list(heads), x, y, F.cross_entropy, horizon=len(blocks))

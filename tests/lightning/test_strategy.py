@@ -14,6 +14,7 @@ from torch import nn
 
 import lightning_mpc
 from lightning_mpc import MPCStrategy, horizon_backward, partition
+from lightning_mpc.core.blocks import hook_points
 from tests.lightning.helpers import (
     Classifier,
     image_data,
@@ -156,6 +157,32 @@ def test_resnet_trains_with_feature_map_heads() -> None:
     assert len(module.mpc_blocks) == 10 and kinds == ["feature_map"] * 9
 
 
+def test_memory_balanced_partition_is_chosen_on_the_first_batch() -> None:
+    torch.manual_seed(0)
+    module = Classifier(net=small_resnet())
+    strategy = MPCStrategy(horizon=1, balance="memory", num_blocks=11, telemetry=False)
+    check = _GradientCheck()
+    trainer(strategy=strategy, callbacks=[check], max_steps=1).fit(module, loader(image_data(), 4))
+    assert not check.missing and len(module.mpc_blocks) == 11 and len(module.mpc_heads) == 10
+    # Eleven learning units (conv1, bn1, eight residual blocks, fc): the stem is split.
+    assert module.mpc_blocks[0] is module.net.conv1 and hook_points(module.mpc_blocks[1])[0] is module.net.bn1
+
+
+def test_num_blocks_merges_the_natural_blocks() -> None:
+    module = Classifier(net=mlp_net(depth=6))
+    trainer(strategy=MPCStrategy(num_blocks=3, telemetry=False), max_steps=1).fit(module, loader(vector_data()))
+    assert len(module.mpc_blocks) == 3 and len(module.mpc_heads) == 2
+
+
+def test_num_blocks_with_a_list_of_configured_blocks_is_explained() -> None:
+    class Listed(Classifier):
+        def configure_blocks(self) -> list[nn.Module]:
+            return list(self.net)
+
+    with pytest.raises(ValueError, match=r"returned a list of blocks, so num_blocks and balance have nothing to cut"):
+        trainer(strategy=MPCStrategy(num_blocks=2), max_steps=1).fit(Listed(), loader(vector_data()))
+
+
 def test_bf16_mixed_precision_trains() -> None:
     torch.manual_seed(0)
     module = Classifier()
@@ -227,6 +254,8 @@ def test_plain_lightning_module_without_the_mixin_trains() -> None:
         ({"horizon": 0}, "horizon must be >= 1"),
         ({"horizon": "2"}, "horizon must be an integer"),
         ({"mode": "sideways"}, "mode must be one of"),
+        ({"num_blocks": 0}, "num_blocks must be a positive integer"),
+        ({"balance": "time"}, "Unknown balance='time'"),
     ],
 )
 def test_bad_strategy_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
@@ -241,7 +270,11 @@ def test_module_without_a_network_names_its_children() -> None:
             del self.net
             self.encoder = nn.Linear(6, 3)
 
-    with pytest.raises(ValueError, match=r"no nn.Sequential or torchvision ResNet child.*encoder \(Linear\).*HINT"):
+    with pytest.raises(
+        ValueError,
+        match=r"no child that lightning_mpc.partition can cut.*encoder \(Linear\).*supported: torch Sequential, "
+        r"torchvision ResNet.*HINT.*register_partitioner",
+    ):
         trainer(strategy="mpc").fit(NoNet(), loader(vector_data()))
 
 
