@@ -76,10 +76,10 @@ class HorizonEngine:
         horizon: ``h >= 1``; values above ``T`` mean back-propagation.
         mode: ``"sliding"`` (block ``k`` learns from depth ``min(k+h, T)``) or ``"block"``
             (non-overlapping windows of ``h`` blocks).
-        clone_inputs: indices of the blocks that modify their input in place (``nn.ReLU(inplace=True)``
-            as first op, for example): they receive a copy of the previous block's output, because
-            autograd refuses in-place operations on the graph leaf the engine would hand them.
-            Default: every block whose first module has ``inplace=True`` (see :func:`modifies_input_in_place`).
+        clone_inputs: indices of blocks that modify their input in place: they receive a copy of the
+            previous block's output, because autograd refuses in-place operations on the graph leaf the
+            engine would hand them. Blocks whose first module is declared ``inplace=True``
+            (``nn.ReLU(inplace=True)``, see :func:`modifies_input_in_place`) are always included.
 
     Memory: the engine keeps a block's graph and its input leaf only until the last window that needs
     them has closed (block ``k``'s own window, at depth ``d_k``), so for a fixed horizon the tensors held
@@ -113,9 +113,8 @@ class HorizonEngine:
         self.mode = validate_mode(mode)
         self.horizon = horizon
         self.depths = target_depths(self.num_blocks, horizon, self.mode)
-        if clone_inputs is None:
-            clone_inputs = [k for k, block in enumerate(blocks) if k > 0 and modifies_input_in_place(block)]
-        self.clone_inputs: frozenset[int] = frozenset(clone_inputs)
+        declared = {k for k, block in enumerate(blocks) if k > 0 and modifies_input_in_place(block)}
+        self.clone_inputs: frozenset[int] = frozenset(declared.union(clone_inputs or ()))
         self._members: dict[int, list[int]] = {}
         for block, depth in enumerate(self.depths):
             self._members.setdefault(depth, []).append(block)
@@ -123,8 +122,10 @@ class HorizonEngine:
         self._head_params: list[list[nn.Parameter]] = []
         self._loss_fn: LossOnPrediction | None = None
         self._scale: LossScale | None = None
-        self.on_grad_ready: Callable[[nn.Module], None] | None = None
-        """Called with a block or head once its gradient for the step is complete (e.g. to start its all-reduce)."""
+        self.on_grad_ready: Callable[[Sequence[nn.Parameter]], None] | None = None
+        """Called with a block's or head's trainable parameters once the engine has written its last gradient
+        of the step into them (e.g. to start their all-reduce). A parameter shared with a later block, or used
+        after the last block, may still receive more: see :class:`~lightning_mpc.core.gradsync.GradientAverager`."""
         self.observer: EngineObserver | None = None
         """Receives the step's events (timing, memory, telemetry): an :class:`EngineObserver`, or ``None``."""
         self._reset_state()
@@ -239,7 +240,7 @@ class HorizonEngine:
             if observer is not None:
                 observer.backward_finished(index)
         if head is not None and self._head_params[index]:
-            self._grad_ready(head)
+            self._grad_ready(self._head_params[index])
         if depth in self._members:
             self._chain(depth, self._take_grad(leaf) if closes_window else None)
 
@@ -304,11 +305,11 @@ class HorizonEngine:
                 # The last loss that needs this block has been used: release its graph and its input leaf.
                 self._outputs[block] = None
                 self._leaves[block] = None
-                self._grad_ready(self.blocks[block])
+                self._grad_ready(self._block_params[block])
 
-    def _grad_ready(self, module: nn.Module) -> None:
+    def _grad_ready(self, params: Sequence[nn.Parameter]) -> None:
         if self.on_grad_ready is not None:
-            self.on_grad_ready(module)
+            self.on_grad_ready(params)
 
     def _order_message(self, index: int) -> str:
         return (

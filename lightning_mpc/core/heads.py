@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 HeadKind = Literal["vector", "feature_map", "tokens", "per_token"]
 
-__all__ = ["HeadSpec", "LocalHead", "build_heads", "default_local_loss", "infer_head_spec"]
+__all__ = ["HeadSpec", "LocalHead", "build_heads", "default_local_loss", "head_specs_for", "infer_head_spec"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,12 @@ def infer_head_spec(block_index: int, block_output: torch.Size, model_output: to
 def build_heads(specs: Sequence[HeadSpec]) -> nn.ModuleList:
     """One :class:`LocalHead` per spec."""
     return nn.ModuleList(LocalHead(spec) for spec in specs)
+
+
+def head_specs_for(block_output_shapes: Sequence[torch.Size]) -> list[HeadSpec]:
+    """A head spec for every block but the last, from the blocks' output shapes (the last one is the model's)."""
+    model_output = block_output_shapes[-1]
+    return [infer_head_spec(index, shape, model_output) for index, shape in enumerate(block_output_shapes[:-1])]
 
 
 def default_local_loss(prediction: Tensor, target: Tensor) -> Tensor:
