@@ -774,7 +774,7 @@ class MPCTelemetry(Callback):
 # ---------------------------------------------------------------------- helpers
 def _strategy_engine(trainer: pl.Trainer) -> HorizonEngine | None:
     """The horizon engine the trainer's MPC strategy uses now (``None`` under other strategies)."""
-    engine = getattr(getattr(trainer.strategy, "mpc", None), "engine", None)
+    engine = getattr(getattr(trainer.strategy, "rule", None), "engine", None)
     return engine if isinstance(engine, HorizonEngine) else None
 
 
