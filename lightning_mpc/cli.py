@@ -22,7 +22,7 @@ the plugin's message with its ``HINT`` and exits with status 2, without a traceb
 
 Two more subcommands sit next to Lightning's: ``report RUN_DIR`` draws the per-block figure of a run's CSV
 logs or offline W&B run into a PNG and one self-contained HTML page (:mod:`lightning_mpc.report`), and
-``dashboard`` creates (or ``--export``\ s offline) the W&B saved view for runs of this plugin.
+``dashboard`` creates the W&B saved view for runs of this plugin (``--export FILE`` writes it offline).
 
 Logging: when the configuration sets no ``trainer.logger``, runs log to Weights & Biases if the
 environment variable ``WANDB_API_KEY`` is set (project ``$WANDB_PROJECT``, default ``lightning-mpc``) and
@@ -169,7 +169,7 @@ def named_strategy_arguments(args: Sequence[str]) -> list[str]:
         else:
             continue
         # StrategyRegistry.get() would instantiate the strategy; the entry holds its class and arguments
-        entry = StrategyRegistry[name.lower()] if name.lower() in StrategyRegistry else None
+        entry = StrategyRegistry[name.lower()] if name.lower() in StrategyRegistry else None  # noqa: SIM401
         cls = entry.get("strategy") if isinstance(entry, dict) else None
         if not (isinstance(cls, type) and cls.__module__.startswith("lightning_mpc")):
             return args
@@ -188,7 +188,7 @@ def _hint_message(error: BaseException) -> str | None:
     long union-type report; the plugin's message is the line with the ``HINT``.
     """
     lines = [line.strip() for line in str(error).splitlines() if "HINT:" in line]
-    lines = [line[2:] if line.startswith("- ") else line for line in lines]  # jsonargparse's bullets
+    lines = [line.removeprefix("- ") for line in lines]  # jsonargparse's bullets
     return "\n".join(dict.fromkeys(lines)) or None
 
 
@@ -449,7 +449,7 @@ def dashboard_main(args: Sequence[str]) -> int:
         return 0
     try:
         workspace.save()
-    except Exception as error:  # network, authentication and permission errors all end here
+    except Exception as error:  # noqa: BLE001  (network, authentication and permission errors all end here)
         print(
             f"lightning-mpc dashboard: error: W&B did not save the view ({type(error).__name__}: {error}). HINT: run "
             "`wandb login` (or set WANDB_API_KEY), check --entity and --project, or use --export FILE offline.",

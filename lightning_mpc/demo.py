@@ -335,17 +335,20 @@ def write_report(
     table = _table(results)
     per_block: list[str] = []
     if dashboard is not None:
+
         def link(file: Path) -> str:
             return file.relative_to(path.parent).as_posix()
 
         per_block = [
             "## Per-block telemetry",
             "",
-            f"One more MPC run with `MPCTelemetry` on, logged to `{link(dashboard.run.folder)}` (not part of the "
-            "table above): the local loss of each block's head, the activation bytes each window holds against "
-            "back-propagation, the cosine of each block's update with the true gradient, and the time per block. "
-            f"[{link(dashboard.html)}]({link(dashboard.html)}) is the same as one self-contained page; "
-            "`lightning-mpc report` draws it from any run.",
+            (
+                f"One more MPC run with `MPCTelemetry` on, logged to `{link(dashboard.run.folder)}` (not part of "
+                "the table above): the local loss of each block's head, the activation bytes each window holds "
+                "against back-propagation, the cosine of each block's update with the true gradient, and the time "
+                f"per block. [{link(dashboard.html)}]({link(dashboard.html)}) is the same as one self-contained "
+                "page; `lightning-mpc report` draws it from any run."
+            ),
             "",
             *(f"![Per-block telemetry, {prefix}]({link(png)})" for prefix, png in dashboard.figures.items()),
             "",
@@ -554,11 +557,17 @@ def _run(args: argparse.Namespace, command: str, start: float) -> int:
 
     half = NUM_BLOCKS // 2
     dashboard = run_dashboard(
-        half if half in args.horizons else max(args.horizons), args.modes[0], **common  # type: ignore[arg-type]
+        half if half in args.horizons else max(args.horizons),
+        args.modes[0],
+        **common,  # type: ignore[arg-type]
     )
     write_plot(out / "report.png", results)
     table = write_report(
-        out / "report.md", results, args=args, command=command, total_s=time.perf_counter() - start,
+        out / "report.md",
+        results,
+        args=args,
+        command=command,
+        total_s=time.perf_counter() - start,
         dashboard=dashboard,
     )
     (out / "results.csv").write_text(

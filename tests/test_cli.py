@@ -123,8 +123,15 @@ def test_a_registered_name_takes_init_args() -> None:
     strategy = _build("--trainer.strategy", "mpc", "--trainer.strategy.horizon", "3").trainer.strategy
     assert type(strategy) is MPCStrategy and strategy.horizon == 3
     rewritten = named_strategy_arguments(["fit", "--trainer.strategy", "mpc_ddp", "--trainer.strategy.horizon", "2"])
-    assert rewritten == ["fit", "--trainer.strategy", "lightning_mpc.lightning.ddp.MPCDDPStrategy",
-                         "--trainer.strategy.start_method", "popen", "--trainer.strategy.horizon", "2"]
+    assert rewritten == [
+        "fit",
+        "--trainer.strategy",
+        "lightning_mpc.lightning.ddp.MPCDDPStrategy",
+        "--trainer.strategy.start_method",
+        "popen",
+        "--trainer.strategy.horizon",
+        "2",
+    ]
     unchanged = ["fit", "--trainer.strategy", "ddp", "--trainer.strategy.x", "1"]  # not this plugin's name
     assert named_strategy_arguments(unchanged) == unchanged
     assert named_strategy_arguments(["fit", "--trainer.strategy", "mpc"]) == ["fit", "--trainer.strategy", "mpc"]

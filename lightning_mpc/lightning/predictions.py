@@ -17,9 +17,9 @@ __all__ = ["PredictionFile"]
 
 def _joined(predictions: Sequence[Any]) -> Any:
     """One tensor when every batch's prediction is a tensor of the same trailing shape, else the list."""
-    if predictions and all(isinstance(p, torch.Tensor) and p.dim() > 0 for p in predictions):
-        if len({tuple(p.shape[1:]) for p in predictions}) == 1:
-            return torch.cat([p.detach().cpu() for p in predictions])
+    tensors = bool(predictions) and all(isinstance(p, torch.Tensor) and p.dim() > 0 for p in predictions)
+    if tensors and len({tuple(p.shape[1:]) for p in predictions}) == 1:
+        return torch.cat([p.detach().cpu() for p in predictions])
     return list(predictions)
 
 

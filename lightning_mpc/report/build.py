@@ -117,4 +117,3 @@ def write_report(
     page = folder / HTML_FILE
     page.write_text(render_page(heading, str(run.path), run_facts(run, chosen[0]), figures), encoding="utf-8")
     return Report(run, page, {figure.prefix: figure.png for figure in figures}, tables)
-

@@ -69,8 +69,16 @@ def _alignment_panel(
         xs, ys = series(rows, block_key(prefix, block, "alignment"))
         if xs:
             exact = all(abs(y - 1.0) < 1e-6 for y in ys)  # learns from the final loss, like back-propagation
-            ax.plot(xs, ys, color=color, lw=3.0 if exact else 1.4, marker="o", ms=2.5, zorder=1 if exact else 2,
-                    label=f"{label}: exactly 1" if exact else label)
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                lw=3.0 if exact else 1.4,
+                marker="o",
+                ms=2.5,
+                zorder=1 if exact else 2,
+                label=f"{label}: exactly 1" if exact else label,
+            )
     xs, ys = series(rows, f"{prefix}/alignment")
     if xs:
         ax.plot(xs, ys, color="black", lw=2.0, ls="--", label=f"{prefix}/alignment (whole network)")
@@ -94,8 +102,13 @@ def _time_panel(ax: Any, rows: Sequence[Row], prefix: str, indices: list[int]) -
         return
     bottom = [value or 0.0 for value in forward]
     ax.bar(names, bottom, color="#4c72b0", label="forward_ms (block + head + loss)")
-    ax.bar(names, [value or 0.0 for value in backward], bottom=bottom, color="#dd8452",
-           label="backward_ms (head + window VJPs)")
+    ax.bar(
+        names,
+        [value or 0.0 for value in backward],
+        bottom=bottom,
+        color="#dd8452",
+        label="backward_ms (head + window VJPs)",
+    )
     ax.set_ylabel("ms")
     ax.legend(fontsize=8, frameon=False)
 

@@ -28,7 +28,7 @@ def import_workspaces() -> tuple[Any, Any]:
     """
     try:
         import wandb_workspaces.reports.v2 as reports
-        import wandb_workspaces.workspaces as workspaces
+        from wandb_workspaces import workspaces
     except ImportError as error:
         raise ModuleNotFoundError(
             f"The W&B view needs the wandb-workspaces package ({error}). {WORKSPACES_HINT}", name="wandb_workspaces"

@@ -28,8 +28,11 @@ def test_csv_rows_of_one_step_are_merged(tmp_path: Path) -> None:
     # the telemetry's per-block row and Lightning's own row of the same step, as CSVLogger writes them
     path = _write_csv(
         tmp_path / "metrics.csv",
-        [{"step": 1, "epoch": 0, "mpc/block_00/loss": 2.0}, {"step": 1, "epoch": 0, "train_loss": 1.0},
-         {"step": 0, "mpc/block_00/loss": 3.0}],
+        [
+            {"step": 1, "epoch": 0, "mpc/block_00/loss": 2.0},
+            {"step": 1, "epoch": 0, "train_loss": 1.0},
+            {"step": 0, "mpc/block_00/loss": 3.0},
+        ],
     )
     assert read_csv_rows(path) == [
         {"step": 0.0, "mpc/block_00/loss": 3.0},

@@ -26,7 +26,7 @@ def test_the_layout_groups_the_per_block_charts() -> None:
     tags = [re.compile(tags[0]) for charts in layout.values() for _, tags in charts.values()]
     for name in ("loss", "activation_bytes", "alignment", "forward_ms", "backward_ms"):
         assert sum(bool(t.search(block_key(3, name))) for t in tags) == 1, name
-    assert list(custom_scalars_layout("ff"))[0] == "ff: Per-block loss"
+    assert next(iter(custom_scalars_layout("ff"))) == "ff: Per-block loss"
 
 
 def test_other_loggers_are_left_alone() -> None:
@@ -44,8 +44,9 @@ def test_the_layout_is_in_the_event_file_of_an_mpc_run(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    trainer(strategy=MPCStrategy(horizon=2), logger=logger, log_every_n_steps=1, max_steps=2,
-            callbacks=[MPCTelemetry()]).fit(Classifier(), loader(vector_data(n=16)))
+    trainer(
+        strategy=MPCStrategy(horizon=2), logger=logger, log_every_n_steps=1, max_steps=2, callbacks=[MPCTelemetry()]
+    ).fit(Classifier(), loader(vector_data(n=16)))
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     (config,) = events.Tensors("custom_scalars__config__")
@@ -58,5 +59,6 @@ def test_the_layout_is_in_the_event_file_of_an_mpc_run(tmp_path: Path) -> None:
         for chart in category.chart:
             assert list(chart.multiline.tag) == expected[category.title][chart.title][1]
     scalars = set(events.Tags()["scalars"])
-    assert block_key(0, "loss") in scalars and any(re.search(chart.multiline.tag[0], block_key(0, "loss"))
-                                                   for chart in layout.category[0].chart)
+    assert block_key(0, "loss") in scalars and any(
+        re.search(chart.multiline.tag[0], block_key(0, "loss")) for chart in layout.category[0].chart
+    )

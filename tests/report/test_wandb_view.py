@@ -22,7 +22,11 @@ def test_the_view_has_one_section_per_family_and_the_partition() -> None:
     view = build_workspace("team", "proj")
     assert (view.entity, view.project, view.name) == ("team", "proj", "lightning-mpc: mpc per-block telemetry")
     assert [s.name for s in view.sections] == [
-        "mpc: Per-block loss", "mpc: Memory", "mpc: Alignment", "mpc: Time", "mpc: Partition"
+        "mpc: Per-block loss",
+        "mpc: Memory",
+        "mpc: Alignment",
+        "mpc: Time",
+        "mpc: Partition",
     ]
     for section, family in zip(view.sections, SECTIONS):
         assert [type(p) for p in section.panels] == [wr.LinePlot] * len(family.charts)
@@ -38,8 +42,16 @@ def test_the_view_has_one_section_per_family_and_the_partition() -> None:
 def test_every_telemetry_series_lands_in_exactly_one_chart() -> None:
     view = build_workspace("team", "proj")
     patterns = [re.compile(p.metric_regex) for s in view.sections[:-1] for p in s.panels]
-    for name in ("loss", "accuracy", "activation_bytes", "cuda_peak_bytes", "alignment", "grad_norm",
-                 "forward_ms", "backward_ms"):
+    for name in (
+        "loss",
+        "accuracy",
+        "activation_bytes",
+        "cuda_peak_bytes",
+        "alignment",
+        "grad_norm",
+        "forward_ms",
+        "backward_ms",
+    ):
         for index in (0, 5, 31):
             assert sum(bool(p.search(block_key(index, name))) for p in patterns) == 1, name
     for total in ("alignment", "peak_activation_bytes", "backprop_activation_bytes", "activation_ratio"):
