@@ -53,6 +53,7 @@ from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.lightning.batches import EXAMPLE_SAMPLES, call_forward, example_input
 from lightning_mpc.lightning.mixin import MPCMixin, batch_target
+from lightning_mpc.report.tensorboard import add_tensorboard_layout
 from lightning_mpc.telemetry.metrics import BlockwiseRatio, block_hits
 from lightning_mpc.telemetry.probes import (
     BackpropMemory,
@@ -241,6 +242,8 @@ class MPCTelemetry(Callback):
             )
             return
         self._engine = engine
+        if trainer.is_global_zero:  # TensorBoard's Custom Scalars tab: the per-block charts, grouped
+            add_tensorboard_layout(trainer.loggers, PREFIX)
         show = self.summary if self.summary is not None else any(isinstance(c, ModelSummary) for c in trainer.callbacks)
         wandb_loggers = self._wandb_loggers(trainer)
         if not (show or wandb_loggers):
