@@ -1,9 +1,9 @@
-"""lightning-mpc: horizon-truncated (model-predictive-control) training for PyTorch Lightning.
+"""lightning-mpc: training without full back-propagation for PyTorch Lightning.
 
-``import lightning_mpc`` registers ``Trainer(strategy="mpc")`` and ``Trainer(strategy="mpc_ddp")``.
+``import lightning_mpc`` registers every shipped credit-assignment rule as a strategy flag:
+``Trainer(strategy="mpc")`` (horizon-truncated, model-predictive-control training) and
+``Trainer(strategy="mpc_ddp")``, and likewise every other registered rule.
 """
-
-from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_mpc.core import (
     BlockSpan,
@@ -21,15 +21,33 @@ from lightning_mpc.core import (
     target_depths,
 )
 from lightning_mpc.horizon import HorizonReport, select_horizon
-from lightning_mpc.lightning import HorizonFinder, MPCDDPStrategy, MPCMixin, MPCStrategy, MPCTelemetry
+from lightning_mpc.lightning import (
+    HorizonFinder,
+    MPCDDPStrategy,
+    MPCMixin,
+    MPCStrategy,
+    MPCTelemetry,
+    RuleDDPStrategy,
+    RuleStrategy,
+)
+from lightning_mpc.lightning.registration import install as _install_strategies
+from lightning_mpc.rules import CreditRule, MPCRule, RuleSetup, RuleStep, available_rules, get_rule, register_rule
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
-MPCStrategy.register_strategies(StrategyRegistry)
-MPCDDPStrategy.register_strategies(StrategyRegistry)
+_install_strategies()
 
 __all__ = [
     "BlockSpan",
+    "CreditRule",
+    "MPCRule",
+    "RuleDDPStrategy",
+    "RuleSetup",
+    "RuleStep",
+    "RuleStrategy",
+    "available_rules",
+    "get_rule",
+    "register_rule",
     "HeadSpec",
     "HorizonEngine",
     "HorizonFinder",

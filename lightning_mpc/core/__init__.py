@@ -6,8 +6,8 @@ from lightning_mpc.core.heads import (
     LocalHead,
     build_heads,
     default_local_loss,
+    head_specs_for,
     infer_head_spec,
-    infer_head_specs,
     infer_heads,
 )
 from lightning_mpc.core.hooks import BlockHooks
@@ -32,9 +32,9 @@ __all__ = [
     "SavedTensorMeter",
     "build_heads",
     "default_local_loss",
+    "head_specs_for",
     "horizon_backward",
     "infer_head_spec",
-    "infer_head_specs",
     "infer_heads",
     "measure_peak",
     "partition",

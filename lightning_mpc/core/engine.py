@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.blocks import modifies_input_in_place
+from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.schedule import Mode, target_depths, validate_mode
 
 LossOnPrediction = Callable[[Tensor], Tensor]
@@ -59,11 +59,11 @@ class HorizonEngine:
         horizon: ``h >= 1``; values above ``T`` mean back-propagation.
         mode: ``"sliding"`` (block ``k`` learns from depth ``min(k+h, T)``) or ``"block"``
             (non-overlapping windows of ``h`` blocks).
-        clone_inputs: indices of the blocks that modify their input in place (``nn.ReLU(inplace=True)``
-            as first op, for example): when a window carries a gradient through their input they receive
-            a copy of the previous block's output, because autograd refuses in-place operations on the
-            graph leaf the engine would hand them. Default: every block whose first module has
-            ``inplace=True`` (see :func:`~lightning_mpc.core.blocks.modifies_input_in_place`).
+        clone_inputs: indices of blocks that modify their input in place: when a window carries a gradient
+            through their input they receive a copy of the previous block's output, because autograd refuses
+            in-place operations on the graph leaf the engine would hand them. Blocks whose first module is
+            declared ``inplace=True`` (``nn.ReLU(inplace=True)``, see
+            :func:`~lightning_mpc.core.blocks.modifies_input_in_place`) are always included.
 
     Memory: the engine keeps a block's graph and its input leaf only until the last window that needs
     them has closed (block ``k``'s own window, at depth ``d_k``), so for a fixed horizon the tensors held
@@ -99,9 +99,8 @@ class HorizonEngine:
         self.mode = validate_mode(mode)
         self.horizon = horizon
         self.depths = target_depths(self.num_blocks, horizon, self.mode)
-        if clone_inputs is None:
-            clone_inputs = [k for k, block in enumerate(blocks) if k > 0 and modifies_input_in_place(block)]
-        self.clone_inputs: frozenset[int] = frozenset(clone_inputs)
+        declared = {k for k, block in enumerate(blocks) if k > 0 and modifies_input_in_place(block)}
+        self.clone_inputs: frozenset[int] = frozenset(declared.union(clone_inputs or ()))
         self._members: dict[int, list[int]] = {}
         for block, depth in enumerate(self.depths):
             self._members.setdefault(depth, []).append(block)
@@ -113,8 +112,10 @@ class HorizonEngine:
         self._head_params: list[list[nn.Parameter]] = []
         self._loss_fn: LossOnPrediction | None = None
         self._scale: LossScale | None = None
-        self.on_grad_ready: Callable[[nn.Module], None] | None = None
-        """Called with a block or head once its gradient for the step is complete (e.g. to start its all-reduce)."""
+        self.on_grad_ready: Callable[[Sequence[nn.Parameter]], None] | None = None
+        """Called with a block's or head's trainable parameters once the engine has written its last gradient
+        of the step into them (e.g. to start their all-reduce). A parameter shared with a later block, or used
+        after the last block, may still receive more: see :class:`~lightning_mpc.core.gradsync.GradientAverager`."""
         self.observer: EngineObserver | None = None
         """Receives the step's events (timing, memory, telemetry): an :class:`EngineObserver`, or ``None``."""
         self._reset_state()
@@ -191,6 +192,13 @@ class HorizonEngine:
                 "expected a Tensor. HINT: blocks must map one tensor to one tensor; wrap multi-output "
                 "modules so that they return a single tensor."
             )
+        if not (output.is_floating_point() or output.is_complex()):
+            raise TypeError(
+                f"Block {index} ({type(self.blocks[index]).__name__}) returned a {output.dtype} tensor of shape "
+                f"{tuple(output.shape)}: no gradient flows through integer values, so the blocks before it could "
+                "never learn. HINT: end the block before the op that produces integers, or put that op after the "
+                "last block."
+            )
         if self.observer is not None:
             self.observer.block_finished(index, output)
         self._outputs[index] = output if output.requires_grad else None
@@ -215,8 +223,25 @@ class HorizonEngine:
         assert self._loss_fn is not None
         depth = index + 1
         head = self.heads[index]
-        prediction = leaf if head is None else head(leaf)
-        loss = self._loss_fn(prediction)
+        try:
+            prediction = leaf if head is None else head(leaf)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"Head {index} ({type(head).__name__}) failed on block {index}'s output of shape {tuple(leaf.shape)} "
+                f"({type(self.blocks[index]).__name__}): {err} HINT: each head must accept its block's output; a "
+                "custom head from configure_heads() may have the wrong input size, or the blocks changed since the "
+                "heads were built (delete the heads, or return heads that fit from configure_heads())."
+            ) from err
+        try:
+            loss = self._loss_fn(prediction)
+        except (RuntimeError, ValueError, TypeError) as err:
+            if "HINT" in str(err):
+                raise
+            raise type(err)(
+                f"The local loss of head {index} failed on a prediction of shape {tuple(prediction.shape)}: {err} "
+                "HINT: the local loss (MPCMixin.local_loss, default cross-entropy on batch[1]) must accept every "
+                "head's prediction; override local_loss(prediction, batch) for other targets."
+            ) from err
         self.local_losses[index] = loss.detach()
         observer = self.observer
         if observer is not None:
@@ -234,7 +259,7 @@ class HorizonEngine:
             if observer is not None:
                 observer.backward_finished(index)
         if head is not None and self._head_params[index]:
-            self._grad_ready(head)
+            self._grad_ready(self._head_params[index])
         if depth in self._members:
             self._chain(depth, self._take_grad(leaf) if closes_window else None)
 
@@ -299,11 +324,11 @@ class HorizonEngine:
                 # The last loss that needs this block has been used: release its graph and its input leaf.
                 self._outputs[block] = None
                 self._leaves[block] = None
-                self._grad_ready(self.blocks[block])
+                self._grad_ready(self._block_params[block])
 
-    def _grad_ready(self, module: nn.Module) -> None:
+    def _grad_ready(self, params: Sequence[nn.Parameter]) -> None:
         if self.on_grad_ready is not None:
-            self.on_grad_ready(module)
+            self.on_grad_ready(params)
 
     def _order_message(self, index: int) -> str:
         return (

@@ -20,8 +20,8 @@ __all__ = [
     "LocalHead",
     "build_heads",
     "default_local_loss",
+    "head_specs_for",
     "infer_head_spec",
-    "infer_head_specs",
     "infer_heads",
 ]
 
@@ -108,25 +108,11 @@ def infer_head_spec(
     )
 
 
-def infer_head_specs(blocks: Sequence[nn.Module], output_shapes: Sequence[torch.Size]) -> list[HeadSpec]:
-    """One head spec per block but the last, from every block's output shape and the blocks' layouts.
-
-    Args:
-        blocks: the blocks, in order.
-        output_shapes: each block's output shape (the last one is the model's output).
-    """
-    model_output = output_shapes[-1]
-    return [
-        infer_head_spec(index, output_shapes[index], model_output, block_layout(blocks[index]))
-        for index in range(len(blocks) - 1)
-    ]
-
-
 def infer_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
     """Automatic local heads for ``blocks``, sized by running them on ``x``.
 
     The blocks run in eval mode without grad (their modes and buffers are restored), as the strategies'
-    dry run does; the heads follow each block's output shape and layout (:func:`infer_head_specs`).
+    dry run does; the heads follow each block's output shape and layout (:func:`head_specs_for`).
     """
     modes = [block.training for block in blocks]
     shapes = []
@@ -140,12 +126,27 @@ def infer_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
     finally:
         for block, mode in zip(blocks, modes):
             block.train(mode)
-    return build_heads(infer_head_specs(blocks, shapes))
+    return build_heads(head_specs_for(shapes, blocks))
 
 
 def build_heads(specs: Sequence[HeadSpec]) -> nn.ModuleList:
     """One :class:`LocalHead` per spec."""
     return nn.ModuleList(LocalHead(spec) for spec in specs)
+
+
+def head_specs_for(block_output_shapes: Sequence[torch.Size], blocks: Sequence[nn.Module] | None = None) -> list[HeadSpec]:
+    """A head spec for every block but the last, from the blocks' output shapes (the last one is the model's).
+
+    Args:
+        block_output_shapes: every block's output shape, batch first.
+        blocks: the blocks, when their outputs may be channels last (see
+            :func:`~lightning_mpc.core.blocks.block_layout`); channels first otherwise.
+    """
+    model_output = block_output_shapes[-1]
+    return [
+        infer_head_spec(index, shape, model_output, None if blocks is None else block_layout(blocks[index]))
+        for index, shape in enumerate(block_output_shapes[:-1])
+    ]
 
 
 def default_local_loss(prediction: Tensor, target: Tensor) -> Tensor:
@@ -164,6 +165,13 @@ def default_local_loss(prediction: Tensor, target: Tensor) -> Tensor:
             "HINT: override local_loss(prediction, batch) in your LightningModule."
         )
     if not target.is_floating_point():
+        if target.ndim == prediction.ndim and target.shape[-1] == 1 and prediction.shape[-1] > 1:
+            raise ValueError(
+                f"The default local loss got integer class targets of shape {tuple(target.shape)} for local "
+                f"predictions of shape {tuple(prediction.shape)}: cross-entropy needs one class index per sample, "
+                f"shape {tuple(target.shape[:-1])}. HINT: squeeze the targets in your dataset (y.squeeze(-1)), or "
+                "override local_loss(prediction, batch) in your LightningModule."
+            )
         if prediction.ndim == target.ndim + 1 and prediction.ndim > 2:
             return F.cross_entropy(prediction.flatten(0, -2), target.flatten())
         return F.cross_entropy(prediction, target)

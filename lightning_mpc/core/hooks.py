@@ -21,7 +21,12 @@ __all__ = ["BlockHooks", "BlockListener", "OutputShapeRecorder", "first_block_in
 
 
 class BlockListener(Protocol):
-    """What the hooks report to: :class:`~lightning_mpc.core.engine.HorizonEngine` is one."""
+    """What the hooks report to: :class:`~lightning_mpc.core.engine.HorizonEngine` is one.
+
+    A listener may also define ``block_input(index, x) -> Tensor``: it then receives the input of block
+    ``index`` before the block runs and the block runs on what it returns (rules that normalise or detach
+    block inputs, or embed a label into the network's input, use it).
+    """
 
     def block_started(self, index: int) -> None: ...
 
@@ -61,9 +66,15 @@ class BlockHooks:
             self._handles.append(exit_.register_forward_hook(self._make_post_hook(index)))
 
     def _make_pre_hook(self, index: int) -> Any:
-        def pre_hook(module: nn.Module, args: Any) -> None:
-            if self.listener is not None:
-                self.listener.block_started(index)
+        def pre_hook(module: nn.Module, args: Any) -> Any:
+            listener = self.listener
+            if listener is None:
+                return None
+            listener.block_started(index)
+            replace = getattr(listener, "block_input", None)
+            if replace is not None and isinstance(args, tuple) and args and isinstance(args[0], Tensor):
+                return (replace(index, args[0]), *args[1:])
+            return None
 
         return pre_hook
 

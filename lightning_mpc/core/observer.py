@@ -1,4 +1,8 @@
-"""What the horizon engine reports while a step runs, for measurements that must not change the step.
+"""What a rule reports while a step runs, for measurements that must not change the step.
+
+The event protocol of every credit-assignment rule (:class:`~lightning_mpc.rules.CreditRule`): the horizon
+engine emits the block and window events below, other rules emit what applies to them (a block's forward,
+its local loss, its backward) and their own measurements through :meth:`EngineObserver.signal`.
 
 An :class:`EngineObserver` attached to :attr:`HorizonEngine.observer
 <lightning_mpc.core.engine.HorizonEngine.observer>` (or passed to :func:`~lightning_mpc.horizon_backward`)
@@ -70,3 +74,9 @@ class EngineObserver:
 
     def step_completed(self) -> None:
         """Every gradient of the step is in ``.grad`` and every graph has been released."""
+
+    def signal(self, name: str, index: int | None, value: float | Tensor) -> None:
+        """A rule-specific measurement: ``name`` of block ``index`` (``None``: the whole network), e.g. a goodness.
+
+        ``value`` is a Python number or a detached scalar tensor; keeping it is safe.
+        """

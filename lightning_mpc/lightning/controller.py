@@ -1,10 +1,12 @@
-"""Lightning-side bookkeeping of horizon training, shared by the MPC strategies.
+"""Lightning-side bookkeeping shared by every credit-assignment rule and every strategy that runs one.
 
-The controller resolves the blocks and heads of a ``LightningModule``, installs the block hooks, and
-around every training step: zeroes gradients at the start of an accumulation window (Lightning's own
-``zero_grad`` would run after ``training_step`` and wipe the local gradients written during it),
-attaches the :class:`~lightning_mpc.core.engine.HorizonEngine` to the hooks while the user's
-``training_step`` runs, and completes the last window after Lightning's backward of the final loss.
+The controller resolves the blocks of a ``LightningModule``, installs the block hooks, dry-runs the
+module's forward (shapes, order, in-place inputs, connections across block boundaries), sets the rule up
+and registers its auxiliary modules on the module. Around every training step it zeroes gradients at the
+start of an accumulation window (Lightning's own ``zero_grad`` would run after ``training_step`` and wipe
+the gradients a rule writes during it), attaches the rule's listener to the hooks while the user's
+``training_step`` runs, undoes a step whose ``training_step`` returned ``None`` (a skipped batch leaves
+``.grad`` as it was), and finishes the rule's step after Lightning's backward of the returned loss.
 """
 
 from __future__ import annotations
@@ -20,211 +22,255 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_mpc.core.engine import HorizonEngine, iter_parameters
-from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss, infer_head_specs
-from lightning_mpc.core.hooks import BlockHooks, OutputShapeRecorder
+from lightning_mpc.core.engine import iter_parameters
+from lightning_mpc.core.heads import default_local_loss
+from lightning_mpc.core.hooks import BlockHooks, first_block_input
+from lightning_mpc.core.inspection import BlockInspection, inspect_blocks
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.partition import Balance, describe, validate_partition_options
-from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
-from lightning_mpc.horizon.selection import HorizonReport
-from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
 from lightning_mpc.lightning.batches import call_forward, example_block_input, example_input
-from lightning_mpc.lightning.mixin import (
-    HEADS_ATTRIBUTE,
-    MPCMixin,
-    batch_target,
-    heads_from_checkpoint,
-    resolve_blocks,
-)
+from lightning_mpc.lightning.mixin import MPCMixin, batch_input, batch_target, resolve_blocks
+from lightning_mpc.rules.base import CreditRule, RuleSetup, RuleStep
 
-__all__ = ["MPCController"]
+__all__ = ["CHECKPOINT_KEY", "RuleController", "dry_run", "make_scale", "module_local_loss", "restore_rule_modules"]
+
+CHECKPOINT_KEY = "lightning_mpc"
+"""Where a checkpoint keeps the rule's state (and, for modules without the mixin, its auxiliary modules)."""
 
 
+def module_local_loss(module: nn.Module, prediction: Tensor, batch: Any) -> Tensor:
+    """The module's local objective: ``module.local_loss`` with the mixin, else the default on ``batch[1]``."""
+    if isinstance(module, MPCMixin):
+        return module.local_loss(prediction, batch)
+    return default_local_loss(prediction, batch_target(batch))
 
-class MPCController:
-    """Everything an MPC strategy does beyond its parent strategy.
+
+def make_scale(accumulate: int, scaler: Any | None) -> Callable[[Tensor], Tensor] | None:
+    """The linear map every loss (or directly written gradient) goes through: ``/ accumulate``, AMP scaling."""
+    if accumulate == 1 and scaler is None:
+        return None
+
+    def scale(value: Tensor) -> Tensor:
+        value = value / accumulate
+        return scaler.scale(value) if scaler is not None else value
+
+    return scale
+
+
+def _grad_state(param: nn.Parameter, zeroed: bool) -> Tensor | str | None:
+    """What ``param.grad`` must be put back to if the step is skipped (a copy only inside accumulation windows)."""
+    if param.grad is None:
+        return None
+    if zeroed:
+        return "zero"
+    return param.grad.detach().clone()
+
+
+def dry_run(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    blocks: Sequence[nn.Module],
+    hooks: BlockHooks,
+    device: torch.device,
+) -> BlockInspection:
+    """Run the module's forward on a few samples of the first batch and inspect its blocks (see :mod:`~lightning_mpc.core.inspection`).
+
+    The input goes through the precision plugin as in training (``precision="64-true"``, ``"bf16-true"``, ...);
+    the module runs in eval mode and its buffers are restored afterwards.
+    """
+    example = example_input(trainer, module, "size and check the blocks")
+    example = move_data_to_device(example, device)
+    example = trainer.precision_plugin.convert_input(example)
+    was_training = module.training
+    try:
+        module.eval()
+        with preserved_buffers([module]), trainer.precision_plugin.forward_context():
+            return inspect_blocks(blocks, hooks, lambda: call_forward(module, blocks, example))
+    except (RuntimeError, TypeError) as err:
+        raise type(err)(f"{type(module).__name__}: {err}") from err
+    finally:
+        module.train(was_training)
+
+
+def restore_rule_modules(module: nn.Module, checkpoint: dict[str, Any], rule: CreditRule | None = None) -> None:
+    """Give ``module`` the auxiliary modules of the rule that saved ``checkpoint``, before its state dict loads.
 
     Args:
-        horizon: ``h >= 1``; larger than the number of blocks means back-propagation. ``"auto"`` selects
-            it at setup for the one objective given (see :func:`lightning_mpc.select_horizon`).
-        mode: ``"sliding"`` or ``"block"``.
-        memory_budget: with ``"auto"``: the best alignment whose activation memory fits (bytes or ``"2GB"``).
-        min_alignment: with ``"auto"``: the least memory whose ``cos^2`` to back-propagation reaches it.
-        memory_weight: with ``"auto"``: the minimum of ``memory_weight * bytes - cos^2``.
-        auto_batches: with ``"auto"``: how many of the first training batches to measure on.
-        probes: with ``"auto"``: the horizons to measure (default ``1, 2, 4, ...`` and ``T``).
-        num_blocks: cut the network into this many blocks (see :func:`lightning_mpc.partition`).
-        balance: ``"memory"``: choose the cuts by real activation memory on the first batch.
+        module: the module being restored (from a strategy's checkpoint loading, or ``load_from_checkpoint``).
+        checkpoint: the checkpoint; modules saved outside its ``state_dict`` (modules without the mixin) are
+            put back into it.
+        rule: the rule training now; ``None`` outside training, where a rule of the saved kind is built with
+            its defaults.
+    """
+    from lightning_mpc.rules.mpc.rule import MPCRule
+    from lightning_mpc.rules.registry import RULES
+
+    saved = checkpoint.get(CHECKPOINT_KEY)
+    if isinstance(saved, Mapping):
+        name, state = saved.get("rule"), saved.get("state", {})
+        auxiliary = saved.get("auxiliary_state_dict")
+        if auxiliary:
+            checkpoint.setdefault("state_dict", {}).update(auxiliary)
+    else:
+        legacy = checkpoint.get("mpc")  # checkpoints of lightning-mpc 0.1 (MPC only)
+        name, state = ("mpc", legacy) if isinstance(legacy, Mapping) else (None, {})
+    if name is None:
+        return
+    if rule is None or rule.name != name:
+        if name not in RULES:
+            return
+        rule = RULES.get(name)() if name != MPCRule.name else MPCRule()
+    rule.restore_modules(module, state, checkpoint)
+
+
+class RuleController:
+    """Everything a rule's strategy does beyond its Lightning parent strategy.
+
+    Args:
+        rule: the configured credit-assignment rule.
+        partition_options: keyword arguments for cutting the network into blocks (``num_blocks``,
+            ``balance``, ...), added to the rule's own :meth:`~lightning_mpc.rules.CreditRule.partition_options`.
     """
 
-    def __init__(
-        self,
-        horizon: int | str = 1,
-        mode: Mode = "sliding",
-        *,
-        memory_budget: float | str | None = None,
-        min_alignment: float | None = None,
-        memory_weight: float | None = None,
-        auto_batches: int = DEFAULT_AUTO_BATCHES,
-        probes: Sequence[int] | None = None,
-        num_blocks: int | None = None,
-        balance: Balance | None = None,
-    ) -> None:
-        validate_partition_options(num_blocks, balance)
-        self.num_blocks = num_blocks
-        self.balance = balance
-        self.auto = AutoHorizon.from_arguments(
-            horizon,
-            memory_budget=memory_budget,
-            min_alignment=min_alignment,
-            memory_weight=memory_weight,
-            num_batches=auto_batches,
-            probes=probes,
-        )
-        self.horizon: int | str = AUTO if self.auto is not None else validate_horizon(horizon)
-        self.report: HorizonReport | None = None
-        self.mode = validate_mode(mode)
-        self.engine: HorizonEngine | None = None
+    def __init__(self, rule: CreditRule, partition_options: Mapping[str, Any] | None = None) -> None:
+        self.rule = rule
+        self.partition_options = dict(partition_options or {})
+        self.blocks: list[nn.Module] = []
         self.hooks: BlockHooks | None = None
         self._zero_grad: Callable[..., Any] | None = None
+        self._grad_snapshot: list[tuple[nn.Parameter, Tensor | str | None]] | None = None
         self._warned_skip = False
+        self._module: pl.LightningModule | None = None
+        self._clipping: Any = None
 
     # ---------------------------------------------------------------- setup
-    def prepare(self, trainer: pl.Trainer, module: pl.LightningModule, device: torch.device) -> None:
-        """Resolve blocks, build heads (dry run), install hooks and take over ``zero_grad``.
+    def prepare(
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        device: torch.device,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
+        """Resolve blocks, dry-run the forward, set the rule up, register its modules, take over ``zero_grad``.
 
-        Called before the optimizers are configured, so that ``self.parameters()`` includes the heads.
+        Called before the optimizers are configured, so that ``self.parameters()`` includes the rule's modules.
         """
         if not module.automatic_optimization:
             raise RuntimeError(
-                f"{type(module).__name__} uses manual optimization, which MPC strategies do not support: they "
-                "write local gradients during training_step. HINT: set self.automatic_optimization = True."
+                f"{type(module).__name__} uses manual optimization, which the {self.rule.name!r} strategies do not "
+                "support: the rule writes gradients during training_step. HINT: set self.automatic_optimization = True."
             )
         self.teardown(module)
-        blocks = resolve_blocks(
-            module,
-            num_blocks=self.num_blocks,
-            balance=self.balance,
-            example_input=functools.partial(
+        blocks: list[nn.Module] = []
+        hooks: BlockHooks | None = None
+        inspection: BlockInspection | None = None
+        if self.rule.uses_blocks:
+            options = {**self.rule.partition_options(), **self.partition_options}
+            block_input = functools.partial(
                 example_block_input, trainer, module, device=device, purpose="balance the partition by memory"
-            ),
-        )
-        hooks = BlockHooks(blocks)
+            )
+            blocks = resolve_blocks(module, **options, example_input=block_input)
+            hooks = BlockHooks(blocks)
         try:
-            heads = self._resolve_heads(trainer, module, blocks, hooks, device)
-            if self.auto is not None:
-                loss_fn = functools.partial(_local_loss, module)
-                self.report = self.auto.select(trainer, module, blocks, list(heads), self.mode, device, loss_fn)
-                self.horizon = self.report.horizon
+            if hooks is not None:
+                inspection = dry_run(trainer, module, blocks, hooks, device)
+            dtype = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), None)
+            if dtype is None:
+                dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+            self.rule.setup(
+                RuleSetup(
+                    module=module,
+                    blocks=blocks,
+                    block_output_shapes=[] if inspection is None else inspection.output_shapes,
+                    example_input=None if inspection is None else inspection.first_input,
+                    device=device,
+                    dtype=dtype,
+                    in_place_inputs=frozenset() if inspection is None else inspection.in_place_inputs,
+                    world_size=world_size,
+                    rank=rank,
+                    trainer=trainer,
+                )
+            )
         except BaseException:
-            hooks.remove()
+            if hooks is not None:
+                hooks.remove()
             raise
+        for name, aux in self.rule.auxiliary_modules().items():
+            setattr(module, name, aux)
         module.mpc_blocks = blocks  # type: ignore[assignment]
-        setattr(module, HEADS_ATTRIBUTE, heads)
+        self.blocks = blocks
         self.hooks = hooks
-        self.engine = HorizonEngine(blocks, list(heads), validate_horizon(self.horizon), self.mode)
+        self._module = module
         self._zero_grad = module.optimizer_zero_grad
         module.optimizer_zero_grad = None  # type: ignore[assignment,method-assign]
-        self._warn_outside_parameters(module, blocks, heads)
+        if blocks:
+            self._warn_outside_parameters(module, blocks)
 
-    def set_horizon(self, horizon: int) -> None:
-        """Train with ``horizon`` from the next step on (e.g. a :class:`~lightning_mpc.HorizonFinder`'s choice)."""
-        self.horizon = validate_horizon(horizon)
-        if self.engine is not None:
-            # A new engine; the hooks attach to it at the next step and MPCTelemetry follows it.
-            self.engine = HorizonEngine(self.engine.blocks, self.engine.heads, self.horizon, self.mode)
-
-    def _resolve_heads(
-        self,
-        trainer: pl.Trainer,
-        module: pl.LightningModule,
-        blocks: Sequence[nn.Module],
-        hooks: BlockHooks,
-        device: torch.device,
-    ) -> nn.ModuleList:
-        expected = len(blocks) - 1
-        custom = module.configure_heads() if isinstance(module, MPCMixin) else None
-        if custom is not None:
-            heads = custom if isinstance(custom, nn.ModuleList) else nn.ModuleList(custom)
-            source = "configure_heads()"
-            module._mpc_head_specs = None  # type: ignore[attr-defined]
-        else:
-            existing = getattr(module, HEADS_ATTRIBUTE, None)
-            if isinstance(existing, nn.ModuleList) and len(existing) == expected:
-                return existing  # built by an earlier fit or restored from a checkpoint
-            specs = self._infer_specs(trainer, module, blocks, hooks, device)
-            heads = build_heads(specs)
-            module._mpc_head_specs = specs  # type: ignore[attr-defined]
-            source = "the built heads"
-        if len(heads) != expected:
-            raise ValueError(
-                f"{type(module).__name__}: {source} gave {len(heads)} heads for {len(blocks)} blocks; expected "
-                f"{expected} (one per block but the last). HINT: use nn.Identity() for a block without head."
-            )
-        dtype = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), None)
-        return heads.to(device=device, dtype=dtype)
-
-    def _infer_specs(
-        self,
-        trainer: pl.Trainer,
-        module: pl.LightningModule,
-        blocks: Sequence[nn.Module],
-        hooks: BlockHooks,
-        device: torch.device,
-    ) -> list[HeadSpec]:
-        example = example_input(trainer, module, "size the local heads")
-        example = move_data_to_device(example, device)
-        recorder = OutputShapeRecorder()
-        hooks.attach(recorder)
-        was_training = module.training
-        try:
-            module.eval()
-            with torch.no_grad(), preserved_buffers([module]):
-                call_forward(module, blocks, example)
-        finally:
-            hooks.attach(None)
-            module.train(was_training)
-        expected = list(range(len(blocks)))
-        if recorder.order != expected or sorted(recorder.shapes) != expected:
-            missing = [i for i in expected if i not in recorder.shapes]
-            raise RuntimeError(
-                f"{type(module).__name__}.forward did not run the {len(blocks)} blocks once each in order "
-                f"(ran: {recorder.order}, never finished: {missing}; blocks: "
-                f"{', '.join(describe(b) for b in blocks)}). HINT: configure_blocks() must return submodules "
-                "that forward() applies in order, each exactly once."
-            )
-        for index, shape in recorder.shapes.items():
-            if not isinstance(shape, torch.Size):
-                raise TypeError(
-                    f"Block {index} ({describe(blocks[index])}) returned {shape.__name__}, expected a Tensor. "
-                    "HINT: blocks must map one tensor to one tensor."
-                )
-        return infer_head_specs(blocks, [recorder.shapes[i] for i in range(len(blocks))])
-
-    @staticmethod
-    def _warn_outside_parameters(module: nn.Module, blocks: Sequence[nn.Module], heads: nn.ModuleList) -> None:
-        inside = {id(p) for p in iter_parameters([*blocks, heads])}
+    def _warn_outside_parameters(self, module: nn.Module, blocks: Sequence[nn.Module]) -> None:
+        inside = {id(p) for p in iter_parameters([*blocks, *self.rule.auxiliary_modules().values()])}
         outside = [name for name, p in module.named_parameters() if p.requires_grad and id(p) not in inside]
-        if outside:
+        if outside and not self.rule.owns_step:
             shown = ", ".join(outside[:5]) + (", ..." if len(outside) > 5 else "")
             rank_zero_warn(
                 f"{len(outside)} trainable parameters of {type(module).__name__} are in no block ({shown}). They "
                 "learn only from the loss returned by training_step, and only if they act after the last block. "
-                "HINT: include them in configure_blocks() to train them with the horizon rule."
+                "HINT: include them in configure_blocks() to train them with the rule."
             )
 
-    def check_optimizers(self, module: nn.Module, optimizers: Sequence[Optimizer]) -> None:
-        """Warn when the optimizers do not cover the local heads (they would never learn)."""
-        heads = getattr(module, HEADS_ATTRIBUTE, None)
-        if heads is None:
-            return
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        """Every trainable parameter of the rule's auxiliary modules."""
+        return list(iter_parameters(list(self.rule.auxiliary_modules().values())))
+
+    def check_optimizers(self, optimizers: Sequence[Optimizer]) -> None:
+        """Warn when the optimizers do not cover the rule's modules (they would never learn)."""
         optimized = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
-        missing = [p for p in heads.parameters() if p.requires_grad and id(p) not in optimized]
+        missing = [p for p in self.auxiliary_parameters() if id(p) not in optimized]
         if missing:
+            names = ", ".join(self.rule.auxiliary_modules())
             rank_zero_warn(
-                f"{len(missing)} parameters of the local heads are in no optimizer, so the heads stay at their "
-                "initialisation. HINT: build the optimizer over self.parameters() in configure_optimizers()."
+                f"{len(missing)} parameters of the rule's modules ({names}) are in no optimizer, so they stay at "
+                "their initialisation. HINT: build the optimizer over self.parameters() in configure_optimizers()."
             )
+
+    def auxiliary_groups(self) -> list[list[nn.Parameter]]:
+        """The rule's trainable modules as clipping groups: every child of a ``ModuleList`` (one head) on its own."""
+        groups: list[list[nn.Parameter]] = []
+        for aux in self.rule.auxiliary_modules().values():
+            members = list(aux) if isinstance(aux, nn.ModuleList) else [aux]
+            for member in members:
+                params = [p for p in member.parameters() if p.requires_grad]
+                if params:
+                    groups.append(params)
+        return groups
+
+    def install_clipping(self, precision: Any) -> None:
+        """Make norm clipping (``Trainer(gradient_clip_val=...)``) treat the rule's modules apart from the network.
+
+        The network's parameters are clipped together, exactly as without the rule, so that a rule equal to
+        back-propagation (MPC with ``h = T``) stays equal to it with clipping; each auxiliary module (each
+        local head) is clipped by its own norm, since its gradient comes from its own loss. Value clipping is
+        element-wise and needs no change.
+        """
+        self.uninstall_clipping()
+
+        def clip_grad_by_norm(optimizer: Optimizer, clip_val: float) -> None:
+            in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            groups = [[p for p in group if id(p) in in_optimizer] for group in self.auxiliary_groups()]
+            auxiliary = {id(p) for group in groups for p in group}
+            network = [p for p in precision.main_params(optimizer) if id(p) not in auxiliary]
+            torch.nn.utils.clip_grad_norm_(network, clip_val)
+            for group in groups:
+                if group:
+                    torch.nn.utils.clip_grad_norm_(group, clip_val)
+
+        precision.clip_grad_by_norm = clip_grad_by_norm
+        self._clipping = precision
+
+    def uninstall_clipping(self) -> None:
+        """Give the precision plugin its own norm clipping back."""
+        if self._clipping is not None:
+            vars(self._clipping).pop("clip_grad_by_norm", None)
+            self._clipping = None
 
     # ----------------------------------------------------------------- steps
     def begin_step(
@@ -235,79 +281,122 @@ class MPCController:
         optimizers: Sequence[Optimizer],
         scaler: Any | None,
     ) -> None:
-        """Zero gradients at the first micro-batch of a window and route the forward through the engine."""
-        assert self.engine is not None and self.hooks is not None, "MPCController.prepare was not called"
+        """Zero gradients at the first micro-batch of a window, then start the rule's step and attach its listener."""
         batch_idx = trainer.fit_loop.epoch_loop.batch_idx
         accumulate = trainer.accumulate_grad_batches
-        if batch_idx % accumulate == 0 and self._zero_grad is not None:
+        first = batch_idx % accumulate == 0
+        if first and self._zero_grad is not None:
             for optimizer in optimizers:
                 self._zero_grad(trainer.current_epoch, batch_idx, optimizer)
-        loss_fn = functools.partial(_local_loss, module, batch=batch)
-        self.engine.start(loss_fn, _make_scale(accumulate, scaler))
-        self.hooks.attach(self.engine)
+        # A skipped batch (training_step returns None) must leave .grad as it was: after zero_grad that is
+        # "no gradient"; later in an accumulation window it is what the earlier micro-batches wrote.
+        self._grad_snapshot = [(p, _grad_state(p, first)) for p in module.parameters() if p.requires_grad]
+        cache: list[Tensor] = []
+
+        def block_input() -> Tensor:
+            if not cache:
+                x = batch_input(batch)
+                with torch.no_grad():
+                    cache.append(first_block_input(self.blocks, lambda: call_forward(module, self.blocks, x)))
+            return cache[0]
+
+        step = RuleStep(
+            batch=batch,
+            loss_fn=lambda prediction: module_local_loss(module, prediction, batch),
+            scale=make_scale(accumulate, scaler),
+            block_input=block_input,
+            first_micro_batch=first,
+            last_micro_batch=not trainer.fit_loop._should_accumulate(),
+        )
+        listener = self.rule.begin_step(step)
+        if self.hooks is not None:
+            self.hooks.attach(listener)
 
     def end_step(self, output: Any) -> None:
-        """Detach the engine from the hooks after ``training_step`` and check that every block ran."""
-        assert self.engine is not None and self.hooks is not None
-        self.hooks.attach(None)
+        """Detach the listener after ``training_step``; a ``None`` output skips the batch entirely."""
+        if self.hooks is not None:
+            self.hooks.attach(None)
         if output is None:
-            if self.engine.blocks_done and not self._warned_skip:
+            self.rule.abort()
+            self._restore_gradients()
+            if not self._warned_skip:
                 rank_zero_warn(
-                    "training_step returned None after the blocks ran: the local updates of the windows that "
-                    "closed during the forward stay in .grad and are applied with the next optimizer step."
+                    "training_step returned None: the batch is skipped. Every gradient the rule wrote for it was "
+                    "removed, so parameters, local heads and optimizer state are as if the batch never ran."
                 )
                 self._warned_skip = True
-            self.engine.reset()
             return
-        if self.engine.blocks_done != self.engine.num_blocks:
-            done = self.engine.blocks_done
-            self.engine.reset()
-            raise RuntimeError(
-                f"training_step ran {done} of the {self.engine.num_blocks} blocks. HINT: the forward in "
-                "training_step must run every block once (call the model on the batch)."
-            )
+        self._grad_snapshot = None
+        self.rule.end_forward(output)
+
+    def _restore_gradients(self) -> None:
+        snapshot, self._grad_snapshot = self._grad_snapshot, None
+        for param, state in snapshot or []:
+            if isinstance(state, str):  # zeroed in place by zero_grad(set_to_none=False)
+                if param.grad is not None:
+                    param.grad.zero_()
+            else:
+                param.grad = state
+
+    def after_backward(self) -> None:
+        """Finish the rule's step; call after Lightning's backward of the returned loss (or in its place)."""
+        self.rule.after_backward()
 
     def abort(self) -> None:
         """Drop the step in progress (after an exception in ``training_step``)."""
         if self.hooks is not None:
             self.hooks.attach(None)
-        if self.engine is not None:
-            self.engine.reset()
+        self.rule.abort()
+        self._grad_snapshot = None
 
-    def complete(self) -> None:
-        """Chain the final loss's gradient through the last window; call after its backward."""
-        if self.engine is not None and self.engine.active:
-            self.engine.complete()
+    # ----------------------------------------------------------- evaluation
+    def attach_inference(self) -> None:
+        """Route validation/test/predict forwards through the rule's inference listener (if it has one)."""
+        if self.hooks is not None:
+            self.hooks.attach(self.rule.inference_listener())
+
+    def detach_inference(self) -> None:
+        """Undo :meth:`attach_inference`."""
+        if self.hooks is not None:
+            self.hooks.attach(None)
+
+    # ----------------------------------------------------------- checkpoints
+    def checkpoint_state(self, module: nn.Module) -> dict[str, Any]:
+        """What a checkpoint must carry to rebuild the rule's modules.
+
+        A module without :class:`~lightning_mpc.MPCMixin` does not know the rule's modules, so its state dict is
+        saved without them (``load_from_checkpoint`` then gives the plain model) and their tensors travel here.
+        """
+        state: dict[str, Any] = {"rule": self.rule.name, "state": self.rule.checkpoint_state()}
+        if not isinstance(module, MPCMixin):
+            state["auxiliary_state_dict"] = {
+                f"{name}.{key}": value
+                for name, aux in self.rule.auxiliary_modules().items()
+                for key, value in aux.state_dict().items()
+            }
+        return state
+
+    def strip_auxiliary(self, module: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` without the rule's modules when ``module`` has no mixin (see :meth:`checkpoint_state`)."""
+        if isinstance(module, MPCMixin):
+            return state_dict
+        prefixes = tuple(f"{name}." for name in self.rule.auxiliary_modules())
+        if not prefixes:
+            return state_dict
+        return {key: value for key, value in state_dict.items() if not key.startswith(prefixes)}
+
+    def restore(self, module: nn.Module, checkpoint: dict[str, Any]) -> None:
+        """Give ``module`` the rule's modules saved in ``checkpoint`` before its state dict is loaded."""
+        restore_rule_modules(module, checkpoint, self.rule)
 
     def teardown(self, module: pl.LightningModule | None) -> None:
-        """Remove hooks and give ``zero_grad`` back to Lightning."""
+        """Remove hooks, release the rule's step and give ``zero_grad`` back to Lightning."""
         self.abort()
+        self.rule.teardown()
+        self.uninstall_clipping()
         if self.hooks is not None:
             self.hooks.remove()
             self.hooks = None
-        self.engine = None
         if module is not None and "optimizer_zero_grad" in vars(module):
             del module.optimizer_zero_grad
         self._zero_grad = None
-
-    @staticmethod
-    def restore_heads(module: nn.Module, checkpoint: Mapping[str, Any]) -> None:
-        """Rebuild heads recorded in ``checkpoint`` on a module that has none (evaluation from a checkpoint)."""
-        heads_from_checkpoint(module, checkpoint)
-
-
-def _local_loss(module: nn.Module, prediction: Tensor, batch: Any) -> Tensor:
-    if isinstance(module, MPCMixin):
-        return module.local_loss(prediction, batch)
-    return default_local_loss(prediction, batch_target(batch))
-
-
-def _make_scale(accumulate: int, scaler: Any | None) -> Callable[[Tensor], Tensor] | None:
-    if accumulate == 1 and scaler is None:
-        return None
-
-    def scale(loss: Tensor) -> Tensor:
-        loss = loss / accumulate
-        return scaler.scale(loss) if scaler is not None else loss
-
-    return scale

@@ -17,8 +17,10 @@ from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.schedule import Mode, validate_mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
-from lightning_mpc.lightning.controller import MPCController, _local_loss
-from lightning_mpc.lightning.mixin import HEADS_ATTRIBUTE, resolve_blocks
+from lightning_mpc.core.heads import build_heads, head_specs_for
+from lightning_mpc.lightning.controller import dry_run, module_local_loss
+from lightning_mpc.lightning.mixin import MPCMixin, resolve_blocks
+from lightning_mpc.rules.mpc.rule import HEADS_ATTRIBUTE, MPCRule
 
 __all__ = ["HorizonFinder"]
 
@@ -103,10 +105,10 @@ class HorizonFinder(Callback):
 
     def find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> HorizonReport:
         """Run the selection now (after the strategy's setup) and return the report."""
-        controller = getattr(trainer.strategy, "mpc", None)
+        controller = getattr(trainer.strategy, "rule", None)
         device = pl_module.device
-        loss_fn = functools.partial(_local_loss, pl_module)
-        if isinstance(controller, MPCController) and controller.engine is not None:
+        loss_fn = functools.partial(module_local_loss, pl_module)
+        if isinstance(controller, MPCRule) and controller.engine is not None:
             blocks = list(controller.engine.blocks)
             heads = list(controller.engine.heads)
             mode = self._mode or controller.mode
@@ -128,16 +130,15 @@ def _blocks_and_temporary_heads(
     existing = getattr(module, HEADS_ATTRIBUTE, None)
     if isinstance(existing, nn.ModuleList) and len(existing) == len(blocks) - 1:
         return blocks, list(existing)
-    had_specs = "_mpc_head_specs" in vars(module)
-    specs = vars(module).get("_mpc_head_specs")
+    custom = module.configure_heads() if isinstance(module, MPCMixin) else None
+    if custom is not None:
+        return blocks, list(custom)
     hooks = BlockHooks(blocks)
     try:
-        with isolate_rng():  # building heads draws their initialisation: leave training's draws alone
-            heads = MPCController()._resolve_heads(trainer, module, blocks, hooks, device)
+        inspection = dry_run(trainer, module, blocks, hooks, device)
     finally:
         hooks.remove()
-        if had_specs:
-            module._mpc_head_specs = specs  # type: ignore[assignment]
-        else:
-            vars(module).pop("_mpc_head_specs", None)
+    dtype = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), None)
+    with isolate_rng():  # building heads draws their initialisation: leave training's draws alone
+        heads = build_heads(head_specs_for(inspection.output_shapes)).to(device=device, dtype=dtype)
     return blocks, list(heads)

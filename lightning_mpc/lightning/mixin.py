@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_mpc.core.heads import HeadSpec, build_heads, default_local_loss
+from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.core.partition import Balance, partition
 from lightning_mpc.core.partitioners import partitioner_for
 from lightning_mpc.core.partitioners.registry import supported_summary
+from lightning_mpc.rules.mpc.rule import HEADS_ATTRIBUTE
 
 __all__ = [
     "HEADS_ATTRIBUTE",
@@ -18,12 +19,9 @@ __all__ = [
     "batch_input",
     "batch_target",
     "find_backbone",
-    "heads_from_checkpoint",
     "resolve_blocks",
 ]
 
-HEADS_ATTRIBUTE = "mpc_heads"
-CHECKPOINT_KEY = "mpc"
 
 
 def find_backbone(module: nn.Module) -> nn.Module:
@@ -127,34 +125,6 @@ def batch_target(batch: Any) -> Any:
     )
 
 
-def heads_from_checkpoint(module: nn.Module, checkpoint: Mapping[str, Any]) -> None:
-    """Give ``module`` heads shaped like the checkpoint's, when it has none yet and the checkpoint has some.
-
-    Uses the head specs stored by :class:`MPCMixin` (built-in heads) or ``configure_heads()`` (custom heads).
-    """
-    if getattr(module, HEADS_ATTRIBUTE, None) is not None:
-        return
-    state = checkpoint.get("state_dict", {})
-    if not any(key.startswith(f"{HEADS_ATTRIBUTE}.") for key in state):
-        return
-    specs = checkpoint.get(CHECKPOINT_KEY, {}).get("head_specs")
-    heads: nn.ModuleList | None = None
-    if specs is not None:
-        heads = build_heads([HeadSpec(**spec) for spec in specs])
-        module._mpc_head_specs = [HeadSpec(**spec) for spec in specs]  # type: ignore[assignment]
-    elif isinstance(module, MPCMixin):
-        heads = module.configure_heads()
-    if heads is None:
-        raise ValueError(
-            f"The checkpoint holds local heads ({HEADS_ATTRIBUTE}.*) but {type(module).__name__} cannot rebuild "
-            "them. HINT: load with strict=False, or return the heads from configure_heads()."
-        )
-    first = next(iter(state.values()), None)
-    if isinstance(first, Tensor):
-        heads = heads.to(device=first.device)
-    setattr(module, HEADS_ATTRIBUTE, heads)
-
-
 class MPCMixin:
     """Mixin for a ``LightningModule`` trained with :class:`~lightning_mpc.MPCStrategy`.
 
@@ -171,7 +141,6 @@ class MPCMixin:
 
     mpc_blocks: list[nn.Module]
     mpc_heads: nn.ModuleList  # registered by the strategy's setup; no class default, it would shadow the submodule
-    _mpc_head_specs: list[HeadSpec] | None = None
 
     def configure_blocks(self) -> Sequence[nn.Module] | nn.Module:
         """The network to cut into blocks, or the blocks themselves.
@@ -210,14 +179,10 @@ class MPCMixin:
         """Delete the local heads from the module (after training, before export)."""
         if HEADS_ATTRIBUTE in getattr(self, "_modules", {}):
             del self._modules[HEADS_ATTRIBUTE]  # type: ignore[attr-defined]
-        self._mpc_head_specs = None
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store how to rebuild the heads, so ``load_from_checkpoint`` restores them."""
-        specs = self._mpc_head_specs
-        checkpoint[CHECKPOINT_KEY] = {"head_specs": None if specs is None else [s.to_dict() for s in specs]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the heads before the state dict is loaded."""
+        """Rebuild the rule's modules (local heads, ...) before the state dict is loaded."""
+        from lightning_mpc.lightning.controller import restore_rule_modules
+
         assert isinstance(self, nn.Module)
-        heads_from_checkpoint(self, checkpoint)
+        restore_rule_modules(self, checkpoint)

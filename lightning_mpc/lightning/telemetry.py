@@ -53,6 +53,7 @@ from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.lightning.batches import EXAMPLE_SAMPLES, call_forward, example_input
 from lightning_mpc.lightning.mixin import MPCMixin, batch_target
+from lightning_mpc.report.tensorboard import add_tensorboard_layout
 from lightning_mpc.telemetry.metrics import BlockwiseRatio, block_hits
 from lightning_mpc.telemetry.probes import (
     BackpropMemory,
@@ -68,7 +69,7 @@ from lightning_mpc.telemetry.records import StepRecord, StepRecorder
 from lightning_mpc.telemetry.summary import PartitionRow, format_bytes, partition_rows, render_partition
 from lightning_mpc.telemetry.wandb_extras import block_charts, define_block_metrics
 
-__all__ = ["MPCTelemetry", "attach_telemetry", "block_key"]
+__all__ = ["MPCTelemetry", "attach_telemetry", "block_key", "validate_telemetry"]
 
 PREFIX = "mpc"
 _HISTORY_LIMIT = 4096
@@ -241,6 +242,8 @@ class MPCTelemetry(Callback):
             )
             return
         self._engine = engine
+        if trainer.is_global_zero:  # TensorBoard's Custom Scalars tab: the per-block charts, grouped
+            add_tensorboard_layout(trainer.loggers, PREFIX)
         show = self.summary if self.summary is not None else any(isinstance(c, ModelSummary) for c in trainer.callbacks)
         wandb_loggers = self._wandb_loggers(trainer)
         if not (show or wandb_loggers):
@@ -761,9 +764,9 @@ class MPCTelemetry(Callback):
                 ]
             )
         step = max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
-        charts = block_charts(PREFIX, self._history_steps, self._history_loss, [row[5] for row in rows])
         for logger in loggers:
             try:
+                charts = block_charts(PREFIX, self._history_steps, self._history_loss, [row[5] for row in rows])
                 logger.log_table(f"{PREFIX}/blocks", columns=list(_TABLE_COLUMNS), data=rows, step=step)
                 if charts:
                     logger.log_metrics(charts, step=step)
@@ -774,7 +777,7 @@ class MPCTelemetry(Callback):
 # ---------------------------------------------------------------------- helpers
 def _strategy_engine(trainer: pl.Trainer) -> HorizonEngine | None:
     """The horizon engine the trainer's MPC strategy uses now (``None`` under other strategies)."""
-    engine = getattr(getattr(trainer.strategy, "mpc", None), "engine", None)
+    engine = getattr(getattr(trainer.strategy, "rule", None), "engine", None)
     return engine if isinstance(engine, HorizonEngine) else None
 
 
@@ -831,6 +834,20 @@ def _final_loss(module: pl.LightningModule, batch: Any) -> Any:
     except TypeError:
         return None
     return lambda output: default_local_loss(output, target)
+
+
+def validate_telemetry(telemetry: object) -> bool | MPCTelemetry:
+    """Check a strategy's ``telemetry`` argument when the strategy is built (not when ``fit`` starts).
+
+    Raises:
+        TypeError: for anything but a bool or an :class:`MPCTelemetry`.
+    """
+    if isinstance(telemetry, (bool, MPCTelemetry)):
+        return telemetry
+    raise TypeError(
+        f"telemetry must be True, False or an MPCTelemetry, got {telemetry!r} ({type(telemetry).__name__}). "
+        "HINT: pass telemetry=False to turn it off, or telemetry=MPCTelemetry(...) to configure it."
+    )
 
 
 def attach_telemetry(trainer: pl.Trainer, telemetry: bool | MPCTelemetry) -> MPCTelemetry | None:

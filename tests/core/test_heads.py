@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_mpc.core.blocks import BlockSpan
-from lightning_mpc.core.heads import HeadSpec, LocalHead, default_local_loss, infer_head_spec, infer_head_specs
+from lightning_mpc.core.heads import HeadSpec, LocalHead, default_local_loss, head_specs_for, infer_head_spec
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_channels_last_blocks_get_heads_that_pool_the_spatial_dimensions() -> No
 def test_head_specs_follow_each_blocks_layout() -> None:
     blocks = [BlockSpan(nn.Identity(), layout="channels_last"), nn.Identity(), nn.Identity()]
     shapes = [torch.Size((2, 4, 4, 8)), torch.Size((2, 8, 4, 4)), torch.Size((2, 3))]
-    kinds = [(s.kind, s.in_features) for s in infer_head_specs(blocks, shapes)]
+    kinds = [(s.kind, s.in_features) for s in head_specs_for(shapes, blocks)]
     assert kinds == [("channels_last", 8), ("feature_map", 8)]
 
 

@@ -1,0 +1,24 @@
+"""Credit-assignment rules over a network's blocks: one interface, a registry, and the rules shipped.
+
+``import lightning_mpc`` registers every shipped rule and its strategy flags (``Trainer(strategy=name)``
+and ``name + "_ddp"`` where the rule allows data parallelism).
+"""
+
+from lightning_mpc.rules.base import CreditRule, GradReady, RuleSetup, RuleStep
+from lightning_mpc.rules.mpc import MPCRule
+from lightning_mpc.rules.registry import RULES, available_rules, build_rule, get_rule, register_rule
+
+register_rule(MPCRule)
+
+__all__ = [
+    "RULES",
+    "CreditRule",
+    "GradReady",
+    "MPCRule",
+    "RuleSetup",
+    "RuleStep",
+    "available_rules",
+    "build_rule",
+    "get_rule",
+    "register_rule",
+]

@@ -1,0 +1,131 @@
+"""Every registered credit-assignment rule inside Lightning: trains, resumes exactly, predicts with the rule,
+logs its telemetry, and refuses bad configurations before training (parametrized over ``tests/rules/cases``)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lightning_mpc import RuleStrategy, available_rules
+from tests.lightning.helpers import trainer
+from tests.rules import cases as _cases  # noqa: F401  (registers every case)
+from tests.rules.harness import CASES, BadConfig, RuleCase
+
+RULE_CASES = [pytest.param(case, id=name) for name, case in sorted(CASES.items())]
+BAD_CONFIGS = [
+    pytest.param(case, bad, id=f"{name}-{bad.description}") for name, case in sorted(CASES.items()) for bad in case.bad_configs
+]
+
+
+def _fit(case: RuleCase, module: torch.nn.Module, **kwargs: object) -> object:
+    t = trainer(strategy=RuleStrategy(rule=case.make_rule()), **(case.trainer_kwargs | kwargs))
+    t.fit(module, case.train_data())
+    return t
+
+
+def test_every_registered_rule_has_a_case() -> None:
+    assert set(available_rules()) <= set(CASES), f"rules without a test case: {set(available_rules()) - set(CASES)}"
+
+
+class _GradientsAtStep(L.Callback):
+    """Records which trainable parameters have a gradient when the optimizer steps."""
+
+    def __init__(self) -> None:
+        self.missing: list[str] = []
+        self.not_finite: list[str] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: object) -> None:
+        for name, param in pl_module.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.grad is None:
+                self.missing.append(name)
+            elif not torch.isfinite(param.grad).all():
+                self.not_finite.append(name)
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_rule_trains_every_parameter_it_should(case: RuleCase) -> None:
+    module = case.make_module()
+    before = {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+    probe = _GradientsAtStep()
+    t = _fit(case, module, max_steps=3, callbacks=[probe])
+    assert t.global_step == 3
+    assert not probe.missing, f"{case.name}: no gradient for {sorted(set(probe.missing))}"
+    assert not probe.not_finite, f"{case.name}: gradients not finite for {sorted(set(probe.not_finite))}"
+    changed = [name for name, value in before.items() if not torch.equal(dict(module.named_parameters())[name], value)]
+    assert changed, f"{case.name}: no parameter changed"
+    for attribute, aux in t.strategy.rule.auxiliary_modules().items():
+        assert getattr(module, attribute) is aux, f"{case.name}: {attribute} is not registered on the module"
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_resume_from_a_checkpoint_is_exact(case: RuleCase, tmp_path: Path) -> None:
+    epoch = {"limit_train_batches": 2}
+    straight = case.make_module()
+    _fit(case, straight, max_epochs=2, **epoch)
+
+    first = case.make_module()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    _fit(case, first, max_epochs=1, callbacks=[checkpoint], enable_checkpointing=True, **epoch)
+    torch.manual_seed(123)  # a different initialisation: everything must come from the checkpoint
+    resumed = case.make_module()
+    for param in resumed.parameters():
+        torch.nn.init.normal_(param.data)
+    t = trainer(strategy=RuleStrategy(rule=case.make_rule()), max_epochs=2, **epoch, **case.trainer_kwargs)
+    t.fit(resumed, case.train_data(), ckpt_path=str(tmp_path / "last.ckpt"))
+    expected = straight.state_dict()
+    assert set(resumed.state_dict()) == set(expected)
+    for key, value in resumed.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, expected[key], atol=case.atol, rtol=0, msg=f"{case.name}: {key}")
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_validation_test_and_predict_use_the_rules_prediction(case: RuleCase) -> None:
+    module = case.make_module()
+    t = _fit(case, module, max_steps=2)
+    loader = case.train_data()
+    predictions = t.predict(module, loader)
+    assert predictions is not None
+    module.eval()
+    with torch.no_grad():
+        for batch, predicted in zip(loader, predictions):
+            expected = case.reference_prediction(module, batch[0])
+            torch.testing.assert_close(predicted, expected, atol=case.atol, rtol=1e-5)
+    t.validate(module, loader, verbose=False)
+    if is_overridden("test_step", module):
+        t.test(module, loader, verbose=False)
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_telemetry_logs_the_rules_keys(case: RuleCase, tmp_path: Path) -> None:
+    module = case.make_module()
+    logger = CSVLogger(tmp_path, name="run")
+    _fit(case, module, max_steps=3, logger=logger, log_every_n_steps=1)
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        columns = set(csv.DictReader(handle).fieldnames or [])
+    missing = [key for key in case.telemetry_keys if key not in columns]
+    assert not missing, f"{case.name}: telemetry keys missing from the CSV log: {missing}"
+
+
+@pytest.mark.parametrize(("case", "bad"), BAD_CONFIGS)
+def test_bad_configuration_stops_before_training_with_a_hint(case: RuleCase, bad: BadConfig) -> None:
+    module, rule = bad.make()
+    before = copy.deepcopy(module.state_dict())
+    t = trainer(strategy=RuleStrategy(rule=rule), max_steps=2, **case.trainer_kwargs)
+    with pytest.raises(bad.error, match=bad.match) as info:
+        t.fit(module, case.train_data())
+    assert "HINT" in str(info.value), f"{case.name}: no HINT in {info.value}"
+    assert t.global_step == 0
+    for key, value in module.state_dict().items():
+        if key in before:
+            assert torch.equal(value, before[key]), f"{case.name}: {key} changed before the error"
