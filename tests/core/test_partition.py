@@ -372,3 +372,33 @@ def test_balanced_resnet_composes_to_the_model() -> None:
         partition(model, balance="memory")
     with pytest.raises(ValueError, match="Unknown balance='time'"):
         partition(model, balance="time", example_input=x)  # type: ignore[arg-type]
+
+
+def test_the_window_model_predicts_the_real_peak_of_the_balanced_cut() -> None:
+    """The cost the balance minimises is the real peak at h = 1, within the window model's accuracy."""
+    import torch.nn.functional as F
+
+    from lightning_mpc import horizon_backward
+    from lightning_mpc.core.heads import infer_heads
+    from lightning_mpc.core.memory import preserved_buffers
+    from lightning_mpc.core.partitioners.balance import measure_units
+    from lightning_mpc.core.realmem import measure_peak
+
+    register_partitioner(_WideStem, _cut_wide_stem)
+    try:
+        torch.manual_seed(0)
+        model = _WideStem()
+        x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))
+        units = [unit for group in natural_blocks(model) for unit in group]
+        memories = measure_units(units, x)
+        for count in (3, 5):
+            bounds = best_cuts(memories, count)
+            blocks = [join_units(units[a:b]) for a, b in zip(bounds, bounds[1:])]
+            predicted = max(window_bytes(memories, a, b) for a, b in zip(bounds, bounds[1:]))
+            heads = infer_heads(blocks, x)
+            with preserved_buffers(blocks):
+                horizon_backward(blocks, list(heads), x, y, F.cross_entropy, 1)  # allocate every .grad
+                measured = measure_peak(horizon_backward, blocks, list(heads), x, y, F.cross_entropy, 1)[1].peak_bytes
+            assert 0.8 <= predicted / measured <= 1.25, f"{count} blocks: predicted {predicted} B, measured {measured} B"
+    finally:
+        REGISTRY.unregister(_WideStem)
