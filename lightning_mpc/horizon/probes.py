@@ -1,8 +1,9 @@
 """Alignment and memory probes: what each horizon's update looks like on one batch, measured.
 
 For one batch the probe runs :func:`~lightning_mpc.horizon_backward` once per horizon (back-propagation
-is ``h = T``), each under a :class:`~lightning_mpc.SavedTensorMeter`, and compares the block
-gradients with back-propagation's. The model is left as it was: the parameters' ``.grad`` are saved
+is ``h = T``), each under a :class:`~lightning_mpc.RealMemoryMeter` (allocator bytes: what the step really
+holds, its parameters' gradients included, as in a Lightning step that starts after ``zero_grad``), and
+compares the block gradients with back-propagation's. The model is left as it was: the parameters' ``.grad`` are saved
 and restored, buffers (BatchNorm statistics) are restored after every run, and every run starts from
 the same random state, so dropout draws the same masks for the horizon and for back-propagation.
 """
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 
 from lightning_mpc.core.engine import horizon_backward, iter_parameters
 from lightning_mpc.core.isolation import RandomState, isolated_gradients, module_devices
-from lightning_mpc.core.memory import SavedTensorMeter, preserved_buffers
+from lightning_mpc.core.memory import preserved_buffers
+from lightning_mpc.core.realmem import RealMemoryMeter
 from lightning_mpc.core.schedule import Mode
 
 __all__ = ["BatchProbe", "cos_squared", "gradient_vector", "isolated_gradients", "probe_batch"]
@@ -30,7 +32,7 @@ class BatchProbe:
 
     Attributes:
         alignment: ``cos^2`` between the horizon's block gradient and back-propagation's, per horizon.
-        memory: peak bytes saved for backward during the horizon's step, per horizon.
+        memory: the real peak (allocator bytes) of the horizon's step, per horizon.
         backprop_norm: the norm of back-propagation's block gradient (``0`` means the batch says
             nothing about directions and its alignments are ``nan``).
     """
@@ -74,7 +76,7 @@ def probe_batch(
     horizons: Iterable[int],
     mode: Mode = "sliding",
 ) -> BatchProbe:
-    """Measure ``cos^2`` to back-propagation and peak activation bytes of each horizon on one batch.
+    """Measure ``cos^2`` to back-propagation and the real peak of each horizon's step on one batch.
 
     Args:
         blocks: the blocks ``0..T-1``.
@@ -99,12 +101,13 @@ def probe_batch(
             "HINT: unfreeze the blocks (requires_grad=True) before selecting a horizon."
         )
     modules: list[nn.Module | None] = [*blocks, *heads]
-    exclude = [p for m in modules if m is not None for p in m.parameters()]
     order = sorted({min(h, num_blocks) for h in horizons} - {num_blocks})
     random_state = RandomState.capture(module_devices(modules))
 
+    device = x.device if isinstance(x, Tensor) else next(iter(module_devices(modules)), torch.device("cpu"))
+
     def run(horizon: int) -> tuple[Tensor, int]:
-        meter = SavedTensorMeter(exclude=exclude)
+        meter = RealMemoryMeter(device)
         with isolated_gradients(params), preserved_buffers(modules), random_state.replay(), torch.enable_grad():
             with meter:
                 horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)

@@ -115,7 +115,7 @@ def test_impossible_budget_fails_at_setup_with_the_closest_value() -> None:
         ({"horizon": 2, "memory_budget": "1GB"}, "the horizon is fixed at 2"),
         ({"horizon": 2, "probes": [1, 2]}, "the horizon is fixed at 2"),
         ({"horizon": "best", "memory_budget": "1GB"}, "horizon must be an integer >= 1 or 'auto', got 'best'"),
-        ({"horizon": "auto", "memory_budget": "2G"}, "ambiguous"),
+        ({"horizon": "auto", "memory_budget": "2 parsecs"}, "Unknown unit"),
         ({"horizon": "auto", "min_alignment": 1.5}, r"Closest achievable: 1\.0"),
         ({"horizon": "auto", "min_alignment": 0.9, "auto_batches": 0}, "must be an integer >= 1, got 0"),
         ({"horizon": 0}, "horizon must be >= 1"),

@@ -191,7 +191,7 @@ def test_probe_defaults_and_validation() -> None:
         ({"memory_budget": "1GB", "min_alignment": 0.5}, "exactly one objective, got memory_budget"),
         ({"min_alignment": 0.0}, "min_alignment must be > 0"),
         ({"memory_weight": -1.0}, "memory_weight must be >= 0"),
-        ({"memory_budget": "2G"}, "ambiguous"),
+        ({"memory_budget": "2 parsecs"}, "Unknown unit"),
     ],
 )
 def test_bad_objectives(objective: dict[str, Any], message: str) -> None:
