@@ -28,13 +28,15 @@ __all__ = ["DistributedSlabs", "SequentialSlabs", "SlabBackend", "SlabOutput", "
 
 @dataclass
 class SlabTime:
-    """When a slab's fine pass ran (wall-clock seconds, ``time.time()``, comparable across processes).
+    """When a slab's fine pass ran, and what it cost.
 
     Attributes:
         sweep: the correction sweep, from 1.
         slab: the slab index.
-        start: when the fine forward began.
-        end: when the fine backward returned.
+        start: when the fine forward began (wall clock, ``time.time()``: comparable across processes).
+        end: when the fine backward returned (wall clock).
+        cpu: the CPU seconds of this process during the pass (``time.process_time()``): what the pass cost,
+            whatever else the machine ran meanwhile.
         rank: the process that ran it.
     """
 
@@ -42,6 +44,7 @@ class SlabTime:
     slab: int
     start: float
     end: float
+    cpu: float = 0.0
     rank: int = 0
 
     @property
@@ -212,6 +215,6 @@ class DistributedSlabs(SlabBackend):
             )
 
 
-def now() -> float:
-    """Wall-clock seconds, comparable across the processes of one machine."""
-    return time.time()
+def now() -> tuple[float, float]:
+    """Wall-clock seconds (comparable across the processes of one machine) and this process's CPU seconds."""
+    return time.time(), time.process_time()

@@ -1,8 +1,9 @@
 """The predictor's coarse network: fewer Euler steps of a larger size, parameters derived from the fine steps.
 
 Slab ``s`` covers fine steps ``a_s .. b_s - 1`` of sizes ``dt_n``. Its coarse propagator ``G_s`` takes
-``c = min(coarse_steps, b_s - a_s)`` Euler steps; coarse step ``j`` covers a contiguous group of the slab's
-fine steps, has the group's total step size and a vector field derived from the group's fields:
+``ceil((b_s - a_s) / coarsening)`` Euler steps (the coarsening factor is how many fine steps one coarse step
+covers at most, as in parareal and multigrid in time); coarse step ``j`` covers a contiguous group of the
+slab's fine steps, has the group's total step size and a vector field derived from the group's fields:
 
 * ``"mean"`` (default): the first field of the group evaluated with the group's parameters averaged
   (restriction by averaging; the fields must have the same parameter names and shapes);
@@ -26,10 +27,19 @@ from torch.func import functional_call
 from lightning_mpc.rules.pint.modules import ResidualStep, euler_step
 from lightning_mpc.rules.pint.slabs import positive_int, slab_ranges
 
-__all__ = ["COARSE_WEIGHTS", "CoarseNetwork", "CoarseWeights", "validate_coarse_steps", "validate_coarse_weights"]
+__all__ = [
+    "COARSE_WEIGHTS",
+    "DEFAULT_COARSENING",
+    "CoarseNetwork",
+    "CoarseWeights",
+    "validate_coarse_weights",
+    "validate_coarsening",
+]
 
 CoarseWeights = Literal["mean", "first"]
 COARSE_WEIGHTS: tuple[str, ...] = ("mean", "first")
+DEFAULT_COARSENING = 4
+"""Fine steps per coarse step by default (16 steps: K = 2 slabs get 2 coarse steps each, K = 4 get 1)."""
 
 
 def validate_coarse_weights(weights: str) -> CoarseWeights:
@@ -46,14 +56,14 @@ def validate_coarse_weights(weights: str) -> CoarseWeights:
     return weights  # type: ignore[return-value]
 
 
-def validate_coarse_steps(coarse_steps: int) -> int:
-    """``coarse_steps`` if it is an integer ``>= 1``.
+def validate_coarsening(coarsening: int) -> int:
+    """``coarsening`` if it is an integer ``>= 1``.
 
     Raises:
         ValueError: otherwise.
     """
     return positive_int(
-        "coarse_steps", coarse_steps, "the number of Euler steps the predictor takes across a slab; 1 is the cheapest."
+        "coarsening", coarsening, "the number of fine steps one coarse step covers at most; 1: an exact predictor."
     )
 
 
@@ -96,20 +106,22 @@ class CoarseNetwork:
     Args:
         steps: all fine steps, in order.
         slabs: ``K``.
-        coarse_steps: Euler steps per slab (at most the slab's number of fine steps are used).
+        coarsening: fine steps per coarse step, at most (``1``: the coarse network is the fine one).
         weights: how coarse parameters derive from the fine ones (``"mean"`` or ``"first"``).
 
     Raises:
         ValueError: for invalid settings or fields that ``"mean"`` cannot average.
     """
 
-    def __init__(self, steps: Sequence[ResidualStep], slabs: int, coarse_steps: int = 1, weights: str = "mean") -> None:
-        validate_coarse_steps(coarse_steps)
+    def __init__(
+        self, steps: Sequence[ResidualStep], slabs: int, coarsening: int = DEFAULT_COARSENING, weights: str = "mean"
+    ) -> None:
+        validate_coarsening(coarsening)
         weights = validate_coarse_weights(weights)
         self.ranges = slab_ranges(len(steps), slabs)
         self.propagators: list[list[_CoarseStep]] = []
         for steps_of_slab in self.ranges:
-            groups = slab_ranges(len(steps_of_slab), min(coarse_steps, len(steps_of_slab)))
+            groups = slab_ranges(len(steps_of_slab), -(-len(steps_of_slab) // coarsening))
             coarse = []
             for group in groups:
                 members = [steps[steps_of_slab[j]] for j in group]

@@ -44,7 +44,7 @@ from lightning_mpc.core.engine import _no_autocast, iter_parameters
 from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.partition import run_blocks
 from lightning_mpc.rules.pint.backends import SequentialSlabs, SlabBackend, SlabOutput, SlabTime, now
-from lightning_mpc.rules.pint.coarse import CoarseNetwork
+from lightning_mpc.rules.pint.coarse import DEFAULT_COARSENING, CoarseNetwork
 from lightning_mpc.rules.pint.modules import ResidualStep
 from lightning_mpc.rules.pint.slabs import (
     check_deterministic,
@@ -86,7 +86,6 @@ class PinTResult:
             back-propagate it into whatever computed ``x0``.
         history: with ``record=True``: the boundary values of the prediction (index 0) and after every sweep.
         timeline: when each slab this process ran computed, per sweep.
-        coarse_seconds: seconds spent in the serial coarse work (prediction and updates) on this process.
         state_defect: the largest relative change of a boundary state in the last update (``None`` if not run).
         costate_defect: the same for the co-states.
     """
@@ -96,7 +95,6 @@ class PinTResult:
     input_costate: Tensor
     history: list[Boundaries] = field(default_factory=list)
     timeline: list[SlabTime] = field(default_factory=list)
-    coarse_seconds: float = 0.0
     state_defect: float | None = None
     costate_defect: float | None = None
 
@@ -176,7 +174,6 @@ class _Solver:
         self.slab_modules = [[self.steps[j] for j in r] for r in self.ranges]
         self.slab_params = [list(iter_parameters(modules)) for modules in self.slab_modules]
         self.head_params = list(iter_parameters(self.head))
-        self.coarse_seconds = 0.0
         self.timeline: list[SlabTime] = []
 
     # ------------------------------------------------------------------ pieces
@@ -212,7 +209,6 @@ class _Solver:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, x0: Tensor) -> _Iterate:
-        start = now()
         states = [x0]
         iterate = _Iterate(states, [])
         for s in range(self.slabs):
@@ -223,7 +219,6 @@ class _Solver:
             costates[s] = self.adjoint(iterate, s, costates[s + 1])
             iterate.adjoints[s] = costates[s]
         iterate.costates = costates
-        self.coarse_seconds += now() - start
         return iterate
 
     def given(self, boundaries: Boundaries, x0: Tensor) -> _Iterate:
@@ -248,7 +243,7 @@ class _Solver:
         last = slab == self.slabs - 1
         observe = self.observer if final else None
         first_block = self.block_offset + self.ranges[slab].start
-        start = now()
+        start, cpu_start = now()
         with scratch_buffers(modules, not final), scratch_buffers(self.head, not final and last), torch.enable_grad():
             leaf = iterate.states[slab].detach().requires_grad_(True)
             y = leaf
@@ -278,8 +273,8 @@ class _Solver:
                 costate, param_grads = grads[0], grads[1:]
             if observe is not None:
                 observe.backward_finished(first_block)
-        end = now()
-        timing = SlabTime(sweep, slab, start, end, self.backend.rank)
+        end, cpu_end = now()
+        timing = SlabTime(sweep, slab, start, end, cpu_end - cpu_start, self.backend.rank)
         self.timeline.append(timing)
         return SlabOutput(
             output=y.detach(),
@@ -292,7 +287,6 @@ class _Solver:
 
     # ------------------------------------------------------------------ the parareal update
     def update(self, old: _Iterate, outputs: Sequence[SlabOutput]) -> _Iterate:
-        start = now()
         K = self.slabs
         states = [old.states[0]]
         new = _Iterate(states, [])
@@ -323,7 +317,6 @@ class _Solver:
                 new.adjoints[s] = after
                 costates[s] = q + (after - before)
         new.costates = costates
-        self.coarse_seconds += now() - start
         return new
 
     # ------------------------------------------------------------------ gradients
@@ -371,7 +364,7 @@ def parallel_in_time(
     slabs: int,
     iterations: int = 1,
     *,
-    coarse_steps: int = 1,
+    coarsening: int = DEFAULT_COARSENING,
     coarse_weights: str = "mean",
     boundaries: Boundaries | None = None,
     backend: SlabBackend | None = None,
@@ -395,7 +388,7 @@ def parallel_in_time(
         loss_fn: ``loss_fn(prediction) -> scalar`` on the head's output.
         slabs: ``K``, at most ``len(steps)``.
         iterations: the number of correction sweeps ``k >= 1``.
-        coarse_steps: Euler steps of the coarse network per slab.
+        coarsening: fine steps one coarse step covers at most (``1``: the predictor is exact).
         coarse_weights: ``"mean"`` or ``"first"`` (see :class:`~lightning_mpc.rules.pint.coarse.CoarseNetwork`).
         boundaries: use these boundary values instead of the predictor's.
         backend: where the slabs run (default :class:`~lightning_mpc.rules.pint.SequentialSlabs`).
@@ -424,7 +417,7 @@ def parallel_in_time(
     backend = backend if backend is not None else SequentialSlabs()
     backend.check(K)
     backend.check_same([*same_on_every_process, x0], "batches")
-    coarse = CoarseNetwork(steps, K, coarse_steps, coarse_weights)
+    coarse = CoarseNetwork(steps, K, coarsening, coarse_weights)
     solver = _Solver(steps, head, loss_fn, K, coarse, backend, scale, observer, block_offset)
     x0 = x0.detach()
     if observer is not None:
@@ -458,7 +451,6 @@ def parallel_in_time(
         input_costate=outputs[0].costate,
         history=history,
         timeline=solver.timeline,
-        coarse_seconds=solver.coarse_seconds,
         state_defect=state_defect,
         costate_defect=costate_defect,
     )
@@ -472,7 +464,7 @@ def pint_backward(
     slabs: int,
     iterations: int = 1,
     *,
-    coarse_steps: int = 1,
+    coarsening: int = DEFAULT_COARSENING,
     coarse_weights: str = "mean",
     boundaries: Boundaries | None = None,
     backend: SlabBackend | None = None,
@@ -494,7 +486,7 @@ def pint_backward(
         loss_fn: ``loss_fn(prediction, target) -> scalar``.
         slabs: ``K``, at most the number of steps.
         iterations: correction sweeps ``k >= 1``.
-        coarse_steps: Euler steps of the coarse network per slab.
+        coarsening: fine steps one coarse step covers at most.
         coarse_weights: ``"mean"`` or ``"first"``.
         boundaries: boundary values to use instead of the predictor's.
         backend: where the slabs run (default: sequentially in this process).
@@ -521,7 +513,7 @@ def pint_backward(
         lambda prediction: loss_fn(prediction, target),
         slabs,
         iterations,
-        coarse_steps=coarse_steps,
+        coarsening=coarsening,
         coarse_weights=coarse_weights,
         boundaries=boundaries,
         backend=backend,

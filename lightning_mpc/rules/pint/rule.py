@@ -26,7 +26,12 @@ from torch import Tensor, nn
 from lightning_mpc.core.engine import _no_autocast
 from lightning_mpc.rules.base import CreditRule, RuleSetup, RuleStep
 from lightning_mpc.rules.pint.backends import DistributedSlabs, SequentialSlabs, SlabBackend
-from lightning_mpc.rules.pint.coarse import CoarseNetwork, validate_coarse_steps, validate_coarse_weights
+from lightning_mpc.rules.pint.coarse import (
+    DEFAULT_COARSENING,
+    CoarseNetwork,
+    validate_coarse_weights,
+    validate_coarsening,
+)
 from lightning_mpc.rules.pint.functional import PinTResult, parallel_in_time, scratch_buffers
 from lightning_mpc.rules.pint.slabs import (
     ResidualNetwork,
@@ -61,7 +66,8 @@ class PinTRule(CreditRule):
             processes it must equal their number (one slab per process).
         iterations: correction sweeps ``k >= 1``. After ``k`` sweeps the first ``k`` slabs' forwards are exact;
             ``2K - 1`` sweeps give back-propagation's gradients exactly; 1 (default) predicts and corrects once.
-        coarse_steps: Euler steps the coarse network takes across one slab.
+        coarsening: how many fine steps one coarse Euler step covers at most (the predictor's resolution;
+            ``1`` makes the predictor exact and one sweep back-propagation, at the cost of a serial forward).
         coarse_weights: ``"mean"`` (average the parameters of the fine steps a coarse step covers) or
             ``"first"`` (inject the first one's).
 
@@ -80,13 +86,13 @@ class PinTRule(CreditRule):
         self,
         slabs: int | None = None,
         iterations: int = 1,
-        coarse_steps: int = 1,
+        coarsening: int = DEFAULT_COARSENING,
         coarse_weights: str = "mean",
     ) -> None:
         super().__init__()
         self.slabs = None if slabs is None else validate_slabs(slabs)
         self.iterations = validate_iterations(iterations)
-        self.coarse_steps = validate_coarse_steps(coarse_steps)
+        self.coarsening = validate_coarsening(coarsening)
         self.coarse_weights = validate_coarse_weights(coarse_weights)
         self.network: ResidualNetwork | None = None
         self.backend: SlabBackend | None = None
@@ -104,7 +110,7 @@ class PinTRule(CreditRule):
             "rule": self.name,
             "slabs": self.num_slabs if self.num_slabs is not None else self.slabs,
             "iterations": self.iterations,
-            "coarse_steps": self.coarse_steps,
+            "coarsening": self.coarsening,
             "coarse_weights": self.coarse_weights,
         }
         if self.network is not None:
@@ -127,7 +133,7 @@ class PinTRule(CreditRule):
         else:
             slabs = self.slabs if self.slabs is not None else min(DEFAULT_SLABS, steps)
         validate_slabs(slabs, steps)
-        CoarseNetwork(network.steps, slabs, self.coarse_steps, self.coarse_weights)  # refuses fields it cannot average
+        CoarseNetwork(network.steps, slabs, self.coarsening, self.coarse_weights)  # refuses fields it cannot average
         self.backend = DistributedSlabs() if context.world_size > 1 else SequentialSlabs()
         self.network = network
         self.num_slabs = slabs
@@ -152,7 +158,7 @@ class PinTRule(CreditRule):
                 step.loss_fn,
                 self.num_slabs,
                 self.iterations,
-                coarse_steps=self.coarse_steps,
+                coarsening=self.coarsening,
                 coarse_weights=self.coarse_weights,
                 backend=backend,
                 scale=step.scale,

@@ -4,7 +4,8 @@ Parallelism across time, not data: every process trains on every batch (the stra
 one replica), runs the fine passes of its own slab, exchanges boundary states and co-states with
 ``all_gather`` and ends the step with every parameter's full gradient (one ``all_reduce``), so the processes'
 identical optimizers keep identical parameters. The module is not wrapped in ``DistributedDataParallel``
-(its reducer expects one backward per forward). With one device the slabs run one after the other.
+(its reducer expects one backward per forward). With one device the slabs run one after the other and no
+process group is created.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.strategies import _StrategyRegistry
 from lightning.pytorch.overrides.distributed import _sync_module_states
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, Strategy, StrategyRegistry
+from torch.nn import Module
 from typing_extensions import override
 
 from lightning_mpc.lightning.base import RuleStrategyMixin
 from lightning_mpc.lightning.controller import RuleController
+from lightning_mpc.rules.pint.coarse import DEFAULT_COARSENING
 from lightning_mpc.rules.pint.rule import PinTRule
 
 __all__ = ["PinTStrategy", "register_pint_strategies"]
@@ -32,7 +35,7 @@ class PinTStrategy(RuleStrategyMixin, DDPStrategy):
     Args:
         slabs: ``K``; default: the number of processes (2 slabs, run one after the other, on one device).
         iterations: correction sweeps ``k >= 1`` (``2K - 1`` give back-propagation's gradients exactly).
-        coarse_steps: Euler steps of the coarse network per slab.
+        coarsening: fine steps one coarse Euler step covers at most.
         coarse_weights: ``"mean"`` or ``"first"`` (how coarse parameters derive from the fine ones).
         rule: a configured :class:`~lightning_mpc.rules.pint.PinTRule` instead of the four arguments above.
         telemetry: per-block telemetry, as in :class:`~lightning_mpc.RuleStrategy` (logged from rank 0).
@@ -57,7 +60,7 @@ class PinTStrategy(RuleStrategyMixin, DDPStrategy):
         self,
         slabs: int | None = None,
         iterations: int = 1,
-        coarse_steps: int = 1,
+        coarsening: int = DEFAULT_COARSENING,
         coarse_weights: str = "mean",
         *,
         rule: PinTRule | None = None,
@@ -76,7 +79,7 @@ class PinTStrategy(RuleStrategyMixin, DDPStrategy):
                 f"PinTStrategy(rule=...) takes a PinTRule, got {type(rule).__name__}. "
                 "HINT: use RuleStrategy for other rules."
             )
-        built = rule if rule is not None else PinTRule(slabs, iterations, coarse_steps, coarse_weights)
+        built = rule if rule is not None else PinTRule(slabs, iterations, coarsening, coarse_weights)
         self.controller = RuleController(built)
         self.telemetry = telemetry
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
@@ -103,6 +106,24 @@ class PinTStrategy(RuleStrategyMixin, DDPStrategy):
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
         # Every process sees every batch: the slabs split the network, not the data.
         return {"num_replicas": 1, "rank": 0}
+
+    @override
+    def setup_distributed(self) -> None:
+        if self.num_nodes * self.num_processes > 1:
+            super().setup_distributed()
+        else:
+            self.set_world_ranks()  # one process: the slabs run in turn, no process group is needed
+
+    @override
+    def setup(self, trainer: pl.Trainer) -> None:
+        if self.world_size > 1:
+            super().setup(trainer)  # DDPStrategy's, with configure_ddp below: parameters broadcast, not wrapped
+        else:
+            Strategy.setup(self, trainer)
+
+    @override
+    def _setup_model(self, model: Module) -> Module:
+        return model
 
     @override
     def configure_ddp(self) -> None:
