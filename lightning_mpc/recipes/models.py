@@ -72,6 +72,13 @@ class _FlatAdamClassifier(_Classifier):
     lr: float
     weight_decay: float
 
+    def _set_training(self, lr: float, weight_decay: float, num_classes: int) -> None:
+        """Adam's settings and the accuracy metrics."""
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of inputs of any shape ``(batch, ...)``."""
         return self.net(x.flatten(1))
@@ -125,10 +132,7 @@ class MLPClassifier(_FlatAdamClassifier):
         blocks: list[nn.Module] = [nn.Sequential(nn.Linear(w_in, hidden), nn.ReLU()) for w_in in widths[:-1]]
         blocks.append(nn.Linear(hidden, num_classes))
         self.net = nn.Sequential(*blocks)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._set_training(lr, weight_decay, num_classes)
 
 
 class ResidualMLPClassifier(_FlatAdamClassifier):
@@ -164,13 +168,12 @@ class ResidualMLPClassifier(_FlatAdamClassifier):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"ResidualMLPClassifier needs at least 2 classes, got {num_classes}. HINT: num_classes >= 2.")
+            raise ValueError(
+                f"ResidualMLPClassifier needs at least 2 classes, got {num_classes}. HINT: pass num_classes >= 2."
+            )
         self.save_hyperparameters()
         self.net = residual_mlp(num_steps, width, in_features, num_classes, horizon)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._set_training(lr, weight_decay, num_classes)
 
 
 def cifar_resnet(arch: str = "resnet18", num_classes: int = 10) -> torchvision.models.ResNet:

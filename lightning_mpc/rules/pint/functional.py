@@ -123,6 +123,11 @@ def scratch_buffers(modules: Sequence[nn.Module], active: bool = True) -> Iterat
             sub._buffers[name] = buffer
 
 
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether two boundary values are equal to the bit (the same tensor, or equal elements)."""
+    return a is b or torch.equal(a, b)
+
+
 def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> float:
     worst = 0.0
     for a, b in zip(new, old):
@@ -292,7 +297,7 @@ class _Solver:
         new = _Iterate(states, [])
         for s in range(K):
             y = outputs[s].output
-            if torch.equal(states[s], old.states[s]):
+            if _same(states[s], old.states[s]):
                 states[s] = old.states[s]
                 if s in old.coarse:
                     new.coarse[s] = old.coarse[s]
@@ -303,11 +308,11 @@ class _Solver:
         terminal = outputs[K - 1].terminal_costate
         assert terminal is not None
         costates = [torch.empty(0)] * (K + 1)
-        costates[K] = terminal if torch.equal(states[K], outputs[K - 1].output) else self.terminal_costate(states[K])
+        costates[K] = terminal if _same(states[K], outputs[K - 1].output) else self.terminal_costate(states[K])
         for s in reversed(range(K)):
             received = old.costates[s + 1] if s < K - 1 else terminal
             q = outputs[s].costate
-            if torch.equal(states[s], old.states[s]) and torch.equal(costates[s + 1], received):
+            if _same(states[s], old.states[s]) and _same(costates[s + 1], received):
                 costates[s] = q
             else:
                 before = old.adjoints.get(s) if s < K - 1 else None
