@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_mpc.core.alignment import Alignment, Gradients, gradient_alignment
+from lightning_mpc.core.alignment import Alignment, gradient_alignment
 from lightning_mpc.core.engine import horizon_backward
 from lightning_mpc.core.hooks import first_block_input
 from lightning_mpc.core.isolation import RandomState, forked_rng, isolated_gradients
