@@ -1,4 +1,4 @@
-"""The per-block figure: local loss curves, window memory, alignment with the true gradient, time per block.
+"""The per-block figure: local loss curves, real memory per block, alignment with the true gradient, time per block.
 
 One drawing for every consumer: ``lightning-mpc report``, the demo's report and ``docs/img/dashboard.png``.
 Each panel is one metric family, as a W&B panel on ``<prefix>/block_*/<name>`` would show it; a family the
@@ -40,7 +40,7 @@ def _loss_panel(ax: Any, rows: Sequence[Row], prefix: str, indices: list[int], c
 def _memory_panel(ax: Any, rows: Sequence[Row], prefix: str, indices: list[int], colors: Any) -> None:
     names = [block_key(prefix, b, "activation_bytes") for b in indices]
     final = next((row for row in reversed(rows) if any(name in row for name in names)), {})
-    ax.set_title(f"{prefix}/block_*/activation_bytes: held for each block's window", loc="left", fontsize=10)
+    ax.set_title(f"{prefix}/block_*/activation_bytes: real memory while each block ran", loc="left", fontsize=10)
     ax.set_xlabel("block")
     if not final:
         _missing(ax, f"no {prefix}/block_*/activation_bytes series in this run")
@@ -56,7 +56,7 @@ def _memory_panel(ax: Any, rows: Sequence[Row], prefix: str, indices: list[int],
         share = f" ({peak / backprop:.0%} of BP)" if backprop else ""
         label = f"{prefix.upper()} step peak: {peak / _KIB:.0f} KiB{share}"
         ax.axhline(peak / _KIB, color="black", lw=1.0, label=label)
-    ax.set_ylabel("KiB saved for backward")
+    ax.set_ylabel("KiB held (allocator bytes)")
     ax.set_ylim(bottom=0)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, frameon=True, framealpha=0.9, loc="center right")

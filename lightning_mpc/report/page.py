@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_mpc.telemetry.summary import format_bytes
+from lightning_mpc.horizon.units import format_bytes
 
 __all__ = ["Figure", "format_cell", "markdown_table", "render_page"]
 
@@ -54,7 +54,7 @@ def format_cell(column: str, value: Any) -> str:
     if column == "block":
         return f"{int(value):02d}"
     if "bytes" in column:
-        return format_bytes(value)
+        return format_bytes(value, binary=True)
     if "_ms" in column:
         return f"{value:.3f}"
     if isinstance(value, int):

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from lightning_mpc.telemetry.session import block_key
+
 __all__ = [
     "BLOCK_KEY",
     "SECTIONS",
@@ -91,11 +93,6 @@ SECTIONS: tuple[Section, ...] = (
 
 _LAST = ("loss", "accuracy")
 """Series whose summary is their last value (the others: their mean over the measured steps)."""
-
-
-def block_key(prefix: str, index: int, name: str) -> str:
-    """``block_key("mpc", 3, "loss") == "mpc/block_03/loss"``."""
-    return f"{prefix}/block_{index:02d}/{name}"
 
 
 def parse_block_key(key: str) -> tuple[str, int, str] | None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from lightning_mpc.lightning.telemetry import block_key as telemetry_key
+from lightning_mpc.telemetry import block_key as _telemetry_key
 from lightning_mpc.report.series import (
     SECTIONS,
     block_key,
@@ -19,6 +19,10 @@ from lightning_mpc.report.series import (
     series_names,
     summary_rows,
 )
+
+
+def telemetry_key(index: int, name: str) -> str:
+    return _telemetry_key("mpc", index, name)
 
 
 def test_block_key_round_trips_with_the_telemetry_names() -> None:

@@ -9,10 +9,15 @@ import pytest
 import torch
 
 from lightning_mpc import MPCStrategy, MPCTelemetry
-from lightning_mpc.lightning.telemetry import block_key
+from lightning_mpc.telemetry import block_key as _block_key
+
 from lightning_mpc.report.series import SECTIONS
 from lightning_mpc.report.tensorboard import add_tensorboard_layout, custom_scalars_layout
 from tests.lightning.helpers import Classifier, loader, trainer, vector_data
+
+
+def block_key(index: int, name: str) -> str:
+    return _block_key("mpc", index, name)
 
 
 def test_the_layout_groups_the_per_block_charts() -> None:

@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 
 from lightning_mpc.cli import main
-from lightning_mpc.lightning.telemetry import block_key
+from lightning_mpc.telemetry import block_key as _block_key
+
 from lightning_mpc.report.series import SECTIONS
 from lightning_mpc.report.wandb_view import STEP_METRIC, build_workspace, import_workspaces, workspace_spec
+
+
+def block_key(index: int, name: str) -> str:
+    return _block_key("mpc", index, name)
 
 ws = pytest.importorskip("wandb_workspaces.workspaces", reason="pip install 'lightning-mpc[dashboards]'")
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
