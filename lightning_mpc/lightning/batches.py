@@ -70,8 +70,10 @@ def example_block_input(
 ) -> Tensor:
     """Block 0's input when the module's forward runs on the whole first training batch (or ``example_input_array``).
 
-    Moved to ``device``, computed without grad; the forward stops at block 0 and buffers are restored.
+    Moved to ``device`` and converted by the precision plugin as in training, computed without grad; the forward
+    stops at block 0 and buffers are restored.
     """
     example = move_data_to_device(example_input(trainer, module, purpose, samples=None), device)
+    example = trainer.precision_plugin.convert_input(example)
     with torch.no_grad(), preserved_buffers([module]):
         return first_block_input(blocks, lambda: call_forward(module, blocks, example))
