@@ -18,13 +18,15 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_mpc import MPCStrategy
+from lightning_mpc import MPCStrategy, PinTStrategy
 from lightning_mpc.cli import MPCLightningCLI, run_cli
 from lightning_mpc.data import load_bundled_mnist
 from lightning_mpc.recipes import CIFAR10Data, DeepLinear, MLPClassifier, MNISTData, ResNetClassifier, cifar_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+STRATEGIES = {"lightning_mpc.MPCStrategy": MPCStrategy, "lightning_mpc.PinTStrategy": PinTStrategy}
+"""The strategies recipes use, by class path."""
 
 # Per recipe: flags that make its data tiny and offline (a new recipe must add an entry here).
 TINY = {
@@ -40,6 +42,7 @@ TINY = {
         "0",
     ],
     "deep_linear": ["--data.train_size", "32", "--data.eval_size", "16", "--data.batch_size", "8"],
+    "pint_mnist_resmlp": ["--data.limit", "16", "--data.batch_size", "8"],
 }
 
 
@@ -99,7 +102,7 @@ def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
 
 
 def test_every_recipe_has_tiny_overrides() -> None:
-    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear"}
+    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear", "pint_mnist_resmlp"}
     missing = [r.name for r in RECIPES if r.stem not in TINY]
     assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
 
@@ -107,11 +110,15 @@ def test_every_recipe_has_tiny_overrides() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    assert config["trainer"]["strategy"]["class_path"] == "lightning_mpc.MPCStrategy"
+    strategy = config["trainer"]["strategy"]
+    strategy_type = STRATEGIES[strategy["class_path"]]
     cli = _fit(recipe, tmp_path)
-    _assert_trained(cli, MPCStrategy)
-    assert cli.trainer.strategy.horizon == config["trainer"]["strategy"]["init_args"]["horizon"]
-    assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
+    _assert_trained(cli, strategy_type)
+    if strategy_type is MPCStrategy:
+        assert cli.trainer.strategy.horizon == strategy["init_args"]["horizon"]
+        assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
+    else:
+        assert cli.trainer.strategy.pint.iterations == strategy["init_args"]["iterations"]
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem == "mnist_mlp"], ids=["mnist_mlp"])

@@ -57,6 +57,8 @@ class SavedTensorMeter:
 
     def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
         self._excluded = {storage_key(t) for t in exclude}
+        self.seen: dict[tuple[str, int], int] = {}
+        """Every storage packed since the last :meth:`take_seen`, with its size."""
         self._refs: dict[tuple[str, int], int] = {}
         self._sizes: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
@@ -69,6 +71,12 @@ class SavedTensorMeter:
         with self._lock:
             self.peak_bytes = self.current_bytes
 
+    def take_seen(self) -> dict[tuple[str, int], int]:
+        """The storages packed since the last call (by storage key, with their sizes), and start afresh."""
+        with self._lock:
+            seen, self.seen = self.seen, {}
+        return seen
+
     def _pack(self, tensor: Tensor) -> Any:
         key = storage_key(tensor)
         if key in self._excluded or isinstance(tensor, nn.Parameter):
@@ -77,6 +85,7 @@ class SavedTensorMeter:
         # cycle (output -> grad_fn -> saved output) that outlives the graph.
         packed = _Packed(tensor.detach())
         with self._lock:
+            self.seen[key] = tensor.untyped_storage().nbytes()
             count = self._refs.get(key, 0)
             if count == 0:
                 size = tensor.untyped_storage().nbytes()
@@ -172,28 +181,6 @@ class BlockProfile:
         return self._union_bytes([*self.block_storages, self.head_storages[-1]])
 
 
-class _StorageRecorder:
-    """Saved-tensor hooks that note every storage saved while active and keep it alive (unique keys)."""
-
-    def __init__(self, exclude: set[tuple[str, int]]) -> None:
-        self.exclude = exclude
-        self.keep: list[Tensor] = []
-        self.found: dict[Any, int] = {}
-
-    def pack(self, tensor: Tensor) -> Tensor:
-        key = storage_key(tensor)
-        if key not in self.exclude and not isinstance(tensor, nn.Parameter):
-            self.found[key] = tensor.untyped_storage().nbytes()
-            self.keep.append(tensor.detach())
-        return tensor.detach()
-
-    def record(self, fn: Callable[..., Tensor], *args: Any) -> tuple[Tensor, dict[Any, int]]:
-        self.found = {}
-        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
-            out = fn(*args)
-        return out, self.found
-
-
 def _head_loss(head: nn.Module | None, leaf: Tensor, target: Any, loss_fn: Callable[[Tensor, Any], Tensor]) -> Tensor:
     return loss_fn(leaf if head is None else head(leaf), target)
 
@@ -213,19 +200,22 @@ def profile_blocks(
     Buffers (BatchNorm statistics) are restored afterwards.
     """
     modules: list[nn.Module | None] = [*blocks, *heads]
-    recorder = _StorageRecorder({storage_key(p) for m in modules if m is not None for p in m.parameters()})
+    meter = SavedTensorMeter(exclude=[p for m in modules if m is not None for p in m.parameters()])
+    keep: list[Tensor] = []  # every graph stays alive until the end, so storage keys stay unique
     block_storages: list[dict[Any, int]] = []
     head_storages: list[dict[Any, int]] = []
-    with preserved_buffers(modules):
+    with preserved_buffers(modules), meter:
         current = x
         for index, block in enumerate(blocks):
             inp = current.detach().requires_grad_(current.is_floating_point() and index > 0)
-            current, found = recorder.record(block, inp)
-            block_storages.append(found)
+            current = block(inp)
+            keep.append(current)
+            block_storages.append(meter.take_seen())
             head = heads[index] if index < len(heads) else None
             leaf = current.detach().requires_grad_(current.is_floating_point())
-            _, found = recorder.record(_head_loss, head, leaf, target, loss_fn)
-            head_storages.append(found)
+            keep.append(_head_loss(head, leaf, target, loss_fn))
+            head_storages.append(meter.take_seen())
+    del keep
     return BlockProfile(
         block_bytes=[sum(s.values()) for s in block_storages],
         head_bytes=[sum(s.values()) for s in head_storages],

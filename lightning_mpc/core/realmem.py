@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["MemoryPeak", "RealMemoryMeter", "measure_peak"]
+__all__ = ["MemoryPeak", "RealMemoryMeter", "measure_peak", "profiler_active"]
 
 T = TypeVar("T")
 
@@ -77,6 +77,11 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def profiler_active() -> bool:
+    """Whether a torch.profiler (or autograd profiler) session is running in this process."""
+    return bool(torch._C._autograd._profiler_enabled())
 
 
 def _cpu_memory_events(profiler: Any) -> list[tuple[int, int]]:
@@ -150,6 +155,12 @@ class RealMemoryMeter:
             return self
         from torch.profiler import ProfilerActivity, profile
 
+        if profiler_active():
+            raise RuntimeError(
+                "RealMemoryMeter cannot measure the CPU while another torch.profiler session is running (a profiler "
+                "inside a profiler loses the outer session's events). HINT: measure outside your own profiling, or "
+                "turn the telemetry's memory off (MPCTelemetry(memory=False)) while you profile."
+            )
         self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         with _native_stderr_silenced():
             self._profiler.__enter__()

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_mpc.core.alignment import gradient_alignment
 from lightning_mpc.core.engine import horizon_backward, iter_parameters
 from lightning_mpc.core.isolation import RandomState, isolated_gradients, module_devices
 from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.core.realmem import RealMemoryMeter
 from lightning_mpc.core.schedule import Mode
 
-__all__ = ["BatchProbe", "cos_squared", "gradient_vector", "isolated_gradients", "probe_batch"]
+__all__ = ["BatchProbe", "isolated_gradients", "probe_batch"]
 
 
 @dataclass(frozen=True)
@@ -40,31 +41,6 @@ class BatchProbe:
     alignment: dict[int, float]
     memory: dict[int, int]
     backprop_norm: float
-
-
-def gradient_vector(parameters: Sequence[nn.Parameter]) -> Tensor:
-    """The ``.grad`` of ``parameters`` flattened and concatenated in float64 (zeros for ``None``)."""
-    parts = [
-        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(torch.float64)
-        for p in parameters
-    ]
-    if not parts:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.cat([part.cpu() for part in parts])
-
-
-def cos_squared(update: Tensor, reference: Tensor) -> float:
-    """``cos^2`` of the angle between two vectors; ``nan`` if ``reference`` is zero, ``0`` if only ``update`` is."""
-    update = update.to(torch.float64)
-    reference = reference.to(torch.float64)
-    ref_sq = float((reference * reference).sum())
-    if ref_sq == 0.0:
-        return float("nan")
-    upd_sq = float((update * update).sum())
-    if upd_sq == 0.0:
-        return 0.0
-    dot = float((update * reference).sum())
-    return min(dot * dot / (upd_sq * ref_sq), 1.0)
 
 
 def probe_batch(
@@ -106,20 +82,23 @@ def probe_batch(
 
     device = x.device if isinstance(x, Tensor) else next(iter(module_devices(modules)), torch.device("cpu"))
 
-    def run(horizon: int) -> tuple[Tensor, int]:
+    def run(horizon: int) -> tuple[list[Tensor | None], int]:
         meter = RealMemoryMeter(device)
         with isolated_gradients(params), preserved_buffers(modules), random_state.replay(), torch.enable_grad():
             with meter:
                 horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)
-            vector = gradient_vector(block_params)
-        return vector, meter.peak_bytes
+            grads = [None if p.grad is None else p.grad.detach() for p in block_params]
+        return grads, meter.peak_bytes
+
+    def cos_squared(update: list[Tensor | None], reference: list[Tensor | None]) -> float:
+        return min(gradient_alignment([update], [reference]).total ** 2, 1.0)
 
     reference, backprop_bytes = run(num_blocks)
     alignment = {num_blocks: cos_squared(reference, reference)}
     memory = {num_blocks: backprop_bytes}
     for horizon in order:
-        vector, peak = run(horizon)
-        alignment[horizon] = cos_squared(vector, reference)
+        grads, peak = run(horizon)
+        alignment[horizon] = cos_squared(grads, reference)
         memory[horizon] = peak
-    norm = float(reference.norm())
+    norm = float(torch.cat([g.double().flatten() for g in reference if g is not None] or [torch.zeros(1)]).norm())
     return BatchProbe(dict(sorted(alignment.items())), dict(sorted(memory.items())), norm)

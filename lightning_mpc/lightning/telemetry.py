@@ -25,7 +25,6 @@ from torch import Tensor
 from lightning_mpc.core.memory import profile_real_memory
 from lightning_mpc.lightning.compat import is_accumulating, optimizer_steps
 from lightning_mpc.lightning.controller import module_local_loss
-from lightning_mpc.lightning.mixin import batch_target
 from lightning_mpc.report.tensorboard import add_tensorboard_layout
 from lightning_mpc.rules.base import CreditRule
 from lightning_mpc.telemetry import wandb_extras

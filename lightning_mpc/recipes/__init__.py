@@ -3,10 +3,11 @@
 * :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/mnist_mlp.yaml`` (bundled digits by default).
 * :class:`ResNetClassifier` + :class:`CIFAR10Data`: ``recipes/cifar10_resnet18.yaml``.
 * :class:`DeepLinear` + :class:`LinearTeacherData`: ``recipes/deep_linear.yaml``.
+* :class:`ResidualMLPClassifier` + :class:`MNISTData`: ``recipes/pint_mnist_resmlp.yaml`` (parallel in time).
 """
 
 from lightning_mpc.recipes.data import CIFAR10Data, DatasetUnavailableError, LinearTeacherData, MNISTData
-from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, ResNetClassifier, cifar_resnet
+from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, ResidualMLPClassifier, ResNetClassifier, cifar_resnet
 
 __all__ = [
     "CIFAR10Data",
@@ -16,5 +17,6 @@ __all__ = [
     "MLPClassifier",
     "MNISTData",
     "ResNetClassifier",
+    "ResidualMLPClassifier",
     "cifar_resnet",
 ]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lightning_mpc.core.memory import SavedTensorMeter
 from lightning_mpc.core.observer import EngineObserver
-from lightning_mpc.core.realmem import RealMemoryMeter
+from lightning_mpc.core.realmem import RealMemoryMeter, profiler_active
 
 __all__ = ["PredictionHook", "StepRecord", "StepRecorder"]
 
@@ -117,8 +117,11 @@ class StepRecorder(EngineObserver):
         if self._memory is not None:
             return
         self._marked = []
-        self._memory = RealMemoryMeter(device if device is not None else (self.device or "cpu"))
-        self._memory.__enter__()
+        meter = RealMemoryMeter(device if device is not None else (self.device or "cpu"))
+        if meter.device.type == "cpu" and profiler_active():
+            return  # the user is profiling: a nested session would corrupt theirs; no memory figures this step
+        self._memory = meter
+        meter.__enter__()
         if saved_bytes:
             self._saved = SavedTensorMeter(exclude=exclude)
             self._saved.__enter__()

@@ -220,3 +220,9 @@ def test_window_model_predicts_the_real_peak(name: str) -> None:
     assert 1 / 1.25 <= profile.predict_peak(len(blocks)) / bp_measured <= 1.25
     parts = profile.breakdown(1)
     assert sum(parts.values()) == profile.predict_peak(1)
+
+
+def test_a_meter_inside_another_profiler_session_refuses_instead_of_corrupting_it() -> None:
+    with RealMemoryMeter():
+        with pytest.raises(RuntimeError, match="another torch.profiler session.*HINT"):
+            RealMemoryMeter().__enter__()
