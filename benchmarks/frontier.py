@@ -1,14 +1,15 @@
 """The accuracy-memory-time frontier: back-propagation, activation checkpointing, MPC and other rules, side by side.
 
-Trains the ``mnist_mlp`` recipe's model (:class:`lightning_mpc.recipes.MLPClassifier`, 8 blocks, width 256)
+Trains the ``mnist_mlp`` recipe's model (:class:`lightning_mpc.recipes.MLPClassifier`, 8 blocks, width 256;
+``--model residual-mlp``: the ``pint_mnist_resmlp`` recipe's :class:`~lightning_mpc.recipes.ResidualMLPClassifier`)
 on the bundled MNIST digits, in one process, with the same seed, epochs and batches for every method:
 
 * back-propagation (Lightning's default strategy);
 * back-propagation with activation checkpointing on every block, and on segments of about sqrt(T) blocks
-  (:class:`lightning_mpc.bench.CheckpointedMLP`, ``torch.utils.checkpoint`` non-reentrant);
+  (:func:`lightning_mpc.bench.with_checkpointing`, ``torch.utils.checkpoint`` non-reentrant);
 * MPC (:class:`lightning_mpc.MPCStrategy`) in ``sliding`` and ``block`` mode for ``h`` in {1, 2, 4, T/2};
-* any other registered credit-assignment rule named in ``--rules`` (:data:`RULE_METHODS` says how to build
-  the ones that need more than the default :func:`lightning_mpc.bench.rule_method`).
+* the other registered credit-assignment rules that suit the model (:data:`RULE_METHODS`; ``--rules`` names
+  them explicitly; a rule without an entry is built by :func:`lightning_mpc.bench.rule_method`).
 
 Every row is a :class:`lightning_mpc.bench.Method`: a label, how to build the model and the Trainer's
 strategy, and where the memory figure comes from. Per method it measures the evaluation accuracy after
@@ -24,7 +25,7 @@ Usage::
 
     python benchmarks/frontier.py                    # a few minutes on 2 CPU cores; rewrites docs/frontier.md
     python benchmarks/frontier.py --epochs 1 --limit 512 --out /tmp/frontier   # a quick look
-    python benchmarks/frontier.py --rules ff,pepita  # also train registered rules
+    python benchmarks/frontier.py --model residual-mlp --blocks 10 --page frontier_residual.md   # with pint
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import torch
 
 import lightning_mpc
@@ -62,39 +65,114 @@ from lightning_mpc.bench import (
 )
 from lightning_mpc.bench.arguments import horizon_list, mode_list, name_list, positive_int
 from lightning_mpc.data import EVAL_SIZE, TRAIN_SIZE
+from lightning_mpc.recipes import MLPClassifier, ResidualMLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RULE_METHODS: dict[str, Callable[[], Method]] = {}
-"""Rules that need more than ``rule_method(name)`` (another model, other arguments), by registered name.
+ModelFactory = Callable[[int], L.LightningModule]
 
-Adding a rule to the frontier is one entry, for example::
 
-    RULE_METHODS["ff"] = lambda: rule_method("ff", "FF", threshold=2.0)
+@dataclass(frozen=True)
+class Model:
+    """A model every row of the frontier trains.
 
-Rules listed here and registered are trained by default; ``--rules`` names any registered rule.
+    Attributes:
+        build: a fresh LightningModule of ``T`` blocks.
+        describe: the model in words for ``T`` blocks, for the page's setup.
+    """
+
+    build: ModelFactory
+    describe: Callable[[int], str]
+
+
+MODELS: dict[str, Model] = {
+    "mlp": Model(
+        lambda t: MLPClassifier(num_blocks=t),
+        lambda t: (
+            f"`MLPClassifier(num_blocks={t})` of the `mnist_mlp` recipe (`Linear + ReLU` blocks 256 wide; "
+            "Adam, lr 1e-3)"
+        ),
+    ),
+    "residual-mlp": Model(
+        lambda t: ResidualMLPClassifier(num_steps=t - 2),
+        lambda t: (
+            f"`ResidualMLPClassifier(num_steps={t - 2})` of the `pint_mnist_resmlp` recipe (a `Linear + Tanh` "
+            f"stem, {t - 2} residual steps `x + dt tanh(Wx + b)` 128 wide, a linear classifier; Adam, lr 1e-3)"
+        ),
+    ),
+}
+"""The models ``--model`` chooses from; ``T`` counts every block (a residual MLP's stem and classifier too)."""
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    """How the frontier trains a registered rule.
+
+    Attributes:
+        build: the rule's row for the model in use (``rule_method(name, label, make_model, **arguments)``).
+        models: the :data:`MODELS` the rule can train.
+    """
+
+    build: Callable[[ModelFactory], Method]
+    models: tuple[str, ...] = tuple(MODELS)
+
+
+RULE_METHODS: dict[str, RuleRow] = {
+    "pint": RuleRow(lambda make: rule_method("pint", "PinT (2 slabs, 1 sweep)", make), models=("residual-mlp",)),
+}
+"""The frontier rows of the registered rules, by name. Adding a rule to the frontier is one entry, e.g.::
+
+    RULE_METHODS["ff"] = RuleRow(lambda make: rule_method("ff", "FF", make, threshold=2.0), models=("mlp",))
+
+Registered rules listed here that suit the model are trained by default; ``--rules`` names any registered rule
+(one without an entry is built by ``rule_method(name)`` on the model in use).
 """
 
 
-def rule_row(name: str) -> Method:
-    """The frontier row of a registered rule: its :data:`RULE_METHODS` entry, else ``rule_method(name)``."""
-    return RULE_METHODS[name]() if name in RULE_METHODS else rule_method(name)
+def rule_row(name: str, model: str = "mlp") -> Method:
+    """The frontier row of a registered rule on ``model``.
+
+    Raises:
+        ValueError: if the rule's entry does not list ``model``.
+    """
+    make = MODELS[model].build
+    row = RULE_METHODS.get(name)
+    if row is None:
+        return rule_method(name, make_model=make)
+    if model not in row.models:
+        raise ValueError(
+            f"The rule {name!r} cannot train the {model!r} model (it trains {', '.join(row.models)}). "
+            f"HINT: run the frontier with --model {row.models[0]}, or leave {name} out of --rules."
+        )
+    return row.build(make)
 
 
-def methods(num_blocks: int, horizons: Sequence[int], modes: Sequence[str], rules: Sequence[str] = ()) -> list[Method]:
+def methods(
+    num_blocks: int, horizons: Sequence[int], modes: Sequence[str], rules: Sequence[str] = (), model: str = "mlp"
+) -> list[Method]:
     """Back-propagation, checkpointing (every block, and segments of about sqrt(T) blocks), MPC, then other rules."""
-    rows = [backprop_method(), checkpoint_method(1)]
+    make = MODELS[model].build
+    rows = [backprop_method(make_model=make), checkpoint_method(1, make_model=make)]
     segment = sqrt_segment(num_blocks)
     if segment < num_blocks:
-        rows.append(checkpoint_method(segment))
+        rows.append(checkpoint_method(segment, make_model=make))
     for mode in modes:
-        rows += [mpc_method(h, mode, label=f"MPC {mode}") for h in horizons]
-    return rows + [rule_row(name) for name in rules]
+        rows += [mpc_method(h, mode, label=f"MPC {mode}", make_model=make) for h in horizons]
+    return rows + [rule_row(name, model) for name in rules]
 
 
-def default_rules() -> list[str]:
-    """The rules of :data:`RULE_METHODS` that are registered."""
-    return [name for name in RULE_METHODS if name in lightning_mpc.available_rules()]
+def default_rules(model: str = "mlp") -> list[str]:
+    """The registered rules of :data:`RULE_METHODS` that can train ``model``."""
+    registered = lightning_mpc.available_rules()
+    return [name for name, row in RULE_METHODS.items() if name in registered and model in row.models]
+
+
+def rules_elsewhere(model: str) -> list[str]:
+    """Registered rules of :data:`RULE_METHODS` that need another model (named on the page)."""
+    registered = lightning_mpc.available_rules()
+    return [
+        f"{n} (`--model {r.models[0]}`)" for n, r in RULE_METHODS.items() if n in registered and model not in r.models
+    ]
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -182,7 +260,7 @@ def write_plot(path: Path, results: Sequence[MethodResult], timings: Timings, nu
         ax.set_ylabel(ylabel)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-    ax_acc.set_title(f"Accuracy against memory ({num_blocks}-block MLP, bundled MNIST)")
+    ax_acc.set_title(f"Accuracy against memory ({num_blocks} blocks, bundled MNIST)")
     ax_time.set_title("Step time against memory")
     ax_acc.legend(loc="lower right", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +285,7 @@ def write_page(
     image = os.path.relpath(plot, path.parent)
     rules = [r.method.label for r in results if r.method.family not in ("bp", "checkpoint", "mpc")]
     others = f", and the rules {', '.join(rules)}" if rules else ""
+    elsewhere = rules_elsewhere(args.model)
     lines = [
         "<!-- Generated by benchmarks/frontier.py; edit the script, not this page. -->",
         "# The accuracy-memory frontier",
@@ -239,14 +318,13 @@ def write_page(
             "False)`), so no row pays for allocating `.grad`."
         ),
         (
-            "- In this small MLP (256 wide, batch 128) a block's activations (128 x 256 floats, 128 KiB) are smaller "
-            "than its weight gradient (256 x 256 floats, 256 KiB; 784 KiB for the first block), and computing a weight "
-            "gradient allocates a temporary of that size before it is added into `.grad`. Back-propagation computes "
-            "the first block's (largest) gradient last, when every activation is already freed; MPC computes it "
-            "early, while its window is still alive. So on this model MPC saves little real memory, and at larger h "
-            "it can hold more than back-propagation: the saving grows with the activations' share of the step "
-            "(larger batches, wider or deeper networks; see [Memory and time](benchmarks.md) for the 1024-wide MLP "
-            "and the CIFAR ResNets)."
+            "- Computing a weight gradient allocates a temporary the size of the weight before it is added into "
+            "`.grad`. Back-propagation computes the first block's gradient (the largest: 784 inputs) last, when the "
+            "activations are already freed; MPC computes it while its window is still alive. At this batch size "
+            f"({args.batch_size}) a block's activation (batch x width floats) is no larger than its weight (width x "
+            "width floats), so these temporaries are a large share of every row and limit what MPC can save here. "
+            "The saving grows with the activations' share of the step (larger batches, wider or deeper networks): "
+            "see [Memory and time](benchmarks.md) for the 1024-wide MLP and the CIFAR ResNets."
         ),
         (
             "- **Step time**: a separate timing phase in which the methods take turns on fresh models "
@@ -270,10 +348,11 @@ def write_page(
             f"evaluate on {evaluation:,} of the last 2,000 (indices 8000..{8000 + evaluation - 1})."
         ),
         (
-            f"- Model: `MLPClassifier(num_blocks={args.blocks})` of the `mnist_mlp` recipe (width 256, Adam, lr 1e-3), "
-            f"batch size {args.batch_size}, {args.epochs} epoch(s), seed {args.seed}; MPC adds a linear local head "
-            "per block but the last. Every run starts from the same weights and sees the same batches."
+            f"- Model: {MODELS[args.model].describe(args.blocks)}, batch size {args.batch_size}, {args.epochs} "
+            f"epoch(s), seed {args.seed}; MPC adds a linear local head per block but the last. Every run starts from "
+            "the same weights and sees the same batches."
         ),
+        *([f"- Registered rules that need another model: {', '.join(elsewhere)}."] if elsewhere else []),
         f"- Wall time of the whole benchmark: {total_s:.0f} s.",
         *([f"- Note: {args.note}"] if args.note else []),
         "",
@@ -290,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--epochs", type=positive_int, default=5, help="training epochs per method (default: %(default)s)"
     )
-    parser.add_argument("--blocks", type=int, default=8, help="blocks T of the MLP (default: %(default)s)")
+    parser.add_argument(
+        "--model", choices=list(MODELS), default="mlp", help="the model every row trains (default: mlp)"
+    )
+    parser.add_argument("--blocks", type=int, default=8, help="blocks T of the model (default: %(default)s)")
     parser.add_argument(
         "--horizons", type=horizon_list, default=None, help="comma-separated MPC horizons (default: 1,2,4 and T/2)"
     )
@@ -304,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules",
         type=name_list,
         default=None,
-        help="comma-separated registered rules to add (default: those of RULE_METHODS)",
+        help="comma-separated registered rules to add (default: those of RULE_METHODS that suit --model)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -312,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=positive_int, default=5, help="timing rounds (default: %(default)s)")
     parser.add_argument("--timing-steps", type=positive_int, default=15, help="timed steps per method and round")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads on CPU (default: 1)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder of frontier.md (default: docs/)")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: <out>/img/frontier.png)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder of the page (default: docs/)")
+    parser.add_argument("--page", default="frontier.md", help="the page's file name in --out (default: %(default)s)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: <out>/img/<page name>.png)")
     parser.add_argument("--note", default="", help="a line about the machine or run, added to the page's setup")
     return parser
 
@@ -323,18 +406,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.blocks < 2:
-        parser.error("--blocks must be at least 2")
+    if args.blocks < (3 if args.model == "residual-mlp" else 2):
+        parser.error("--blocks must be at least 2 (3 for the residual MLP: a stem, a step and a classifier)")
     if args.horizons is None:
         args.horizons = sorted({1, 2, 4, args.blocks // 2} - {0})
-    rules = default_rules() if args.rules is None else args.rules
+    rules = default_rules(args.model) if args.rules is None else args.rules
     unknown = [r for r in rules if r not in lightning_mpc.available_rules() or r == "mpc"]
     if unknown:
         parser.error(
             f"--rules: {unknown} are not registered rules other than mpc; registered: {lightning_mpc.available_rules()}"
         )
     args.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    plot = args.plot or args.out / "img" / "frontier.png"
+    page = args.out / args.page
+    plot = args.plot or args.out / "img" / f"{Path(args.page).stem}.png"
     raw = list(sys.argv[1:] if argv is None else argv)
     shown = [a for i, a in enumerate(raw) if not (a.startswith("--note") or (i and raw[i - 1] == "--note"))]
     command = " ".join(["python benchmarks/frontier.py", *(shlex.quote(a) for a in shown)])
@@ -344,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         with quiet_lightning(logging.ERROR, all_warnings=True):
-            rows = methods(args.blocks, args.horizons, args.modes, rules)
+            rows = methods(args.blocks, args.horizons, args.modes, rules, args.model)
             results = []
             for index, method in enumerate(rows, start=1):
                 result = train_and_measure(method, setup, limit_val_batches=0)
@@ -362,9 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_round=lambda i: print(f"timing round {i + 1}/{args.rounds} done", flush=True),
             )
             write_plot(plot, results, timings, args.blocks)
-            text_table = write_page(
-                args.out / "frontier.md", plot, results, timings, args, command, time.perf_counter() - start
-            )
+            text_table = write_page(page, plot, results, timings, args, command, time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
     print()
@@ -372,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(timings.noise_note())
     print("\n".join(verdicts(results, args.blocks)))
-    print(f"\nWrote {args.out / 'frontier.md'} and {plot} in {time.perf_counter() - start:.0f} s.")
+    print(f"\nWrote {page} and {plot} in {time.perf_counter() - start:.0f} s.")
     return 0
 
 

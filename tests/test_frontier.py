@@ -41,13 +41,25 @@ def test_methods_list_every_row_once(frontier: ModuleType) -> None:
 
 
 def test_a_rule_row_is_one_entry(frontier: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Adding a rule: one RULE_METHODS entry (here MPC under another label, the only rule on every branch)."""
-    monkeypatch.setitem(frontier.RULE_METHODS, "mpc", lambda: rule_method("mpc", "MPC rule", horizon=2))
+    """Adding a rule: one RULE_METHODS entry (here MPC under another label, a rule every branch has)."""
+    entry = frontier.RuleRow(lambda make: rule_method("mpc", "MPC rule", make, horizon=2), models=("mlp",))
+    monkeypatch.setitem(frontier.RULE_METHODS, "mpc", entry)
     row = frontier.rule_row("mpc")
     assert isinstance(row, Method) and row.label == "MPC rule" and row.family == "mpc"
     assert type(row.make_strategy()).__name__ == "RuleStrategy"
+    assert type(row.make_model(8)).__name__ == "MLPClassifier"
+    assert "mpc" in frontier.default_rules("mlp") and "mpc" not in frontier.default_rules("residual-mlp")
+    with pytest.raises(ValueError, match="cannot train the 'residual-mlp' model.*HINT: run the frontier with --model mlp"):
+        frontier.rule_row("mpc", "residual-mlp")
     with pytest.raises(KeyError, match="No credit-assignment rule named 'nope'"):
         rule_method("nope")
+
+
+def test_pint_trains_on_the_residual_model(frontier: ModuleType) -> None:
+    rows = frontier.methods(5, [1], ["sliding"], ["pint"], "residual-mlp")
+    assert [m.key for m in rows][-1] == "PinT (2 slabs, 1 sweep)"
+    assert all(type(m.make_model(5)).__name__ == "ResidualMLPClassifier" for m in rows)
+    assert "pint (`--model residual-mlp`)" in frontier.rules_elsewhere("mlp")
 
 
 def test_frontier_smoke_run(frontier: ModuleType, tmp_path: Path) -> None:

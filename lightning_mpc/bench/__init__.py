@@ -27,12 +27,13 @@ from lightning_mpc.bench.memory import (
     window_model,
 )
 from lightning_mpc.bench.methods import (
-    CheckpointedMLP,
+    CheckpointedSequential,
     Method,
     backprop_method,
     checkpoint_method,
     mpc_method,
     rule_method,
+    with_checkpointing,
 )
 from lightning_mpc.bench.quiet import quiet_lightning
 from lightning_mpc.bench.results import ACCURACY_TOLERANCE, accuracy_verdicts, results_table
@@ -55,7 +56,7 @@ __all__ = [
     "MIB",
     "NOISE_LIMIT",
     "WORKLOAD_NAMES",
-    "CheckpointedMLP",
+    "CheckpointedSequential",
     "LinearFit",
     "Method",
     "MethodResult",
@@ -97,4 +98,5 @@ __all__ = [
     "time_methods",
     "train_and_measure",
     "window_model",
+    "with_checkpointing",
 ]

@@ -17,20 +17,21 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_mpc.bench.callbacks import StepMemory
 from lightning_mpc.bench.steps import checkpointed_forward
 from lightning_mpc.recipes.models import MLPClassifier
 
 __all__ = [
-    "CheckpointedMLP",
+    "CheckpointedSequential",
     "MemorySource",
     "Method",
     "backprop_method",
     "checkpoint_method",
     "mpc_method",
     "rule_method",
+    "with_checkpointing",
 ]
 
 
@@ -40,29 +41,45 @@ class MemorySource(Protocol):
     peak_bytes: int | None
 
 
-class CheckpointedMLP(MLPClassifier):
-    """:class:`~lightning_mpc.recipes.MLPClassifier` with activation checkpointing in segments of ``segment`` blocks.
+class CheckpointedSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose children run in checkpointed segments of ``segment`` blocks when training.
 
-    In training with gradients enabled the blocks run under
+    With gradients enabled in training mode the children run under
     :func:`~lightning_mpc.bench.steps.checkpointed_forward` (``use_reentrant=False``): only the segment inputs
-    are kept, and each segment is recomputed during the backward. Gradients are exactly back-propagation's.
+    are kept, and each segment is recomputed during the backward. Gradients are exactly back-propagation's;
+    evaluation runs the children plainly. The children and their state-dict keys are those of the wrapped
+    ``nn.Sequential``.
 
     Args:
-        num_blocks: blocks ``T`` of the MLP.
+        *blocks: the blocks, in order.
         segment: blocks per checkpointed segment (1: every block on its own).
-        **kwargs: the other arguments of :class:`~lightning_mpc.recipes.MLPClassifier`.
     """
 
-    def __init__(self, num_blocks: int = 8, segment: int = 1, **kwargs: Any) -> None:
-        super().__init__(num_blocks=num_blocks, **kwargs)
+    def __init__(self, *blocks: nn.Module, segment: int = 1) -> None:
+        super().__init__(*blocks)
         self.segment = segment
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits; the segments are checkpointed when training with gradients enabled."""
-        x = x.flatten(1)
+        """The blocks' output; checkpointed segments when training with gradients enabled."""
         if not (self.training and torch.is_grad_enabled()):
-            return self.net(x)
-        return checkpointed_forward(list(self.net), x, self.segment)
+            return super().forward(x)
+        return checkpointed_forward(list(self), x, self.segment)
+
+
+def with_checkpointing(model: L.LightningModule, segment: int) -> L.LightningModule:
+    """``model`` with its ``net`` (an ``nn.Sequential`` of blocks) run in checkpointed segments of ``segment`` blocks.
+
+    Raises:
+        TypeError: if the model has no ``net`` that is an ``nn.Sequential``.
+    """
+    net = getattr(model, "net", None)
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(
+            f"with_checkpointing needs a model whose `net` is an nn.Sequential of blocks, got {type(net).__name__} on "
+            f"{type(model).__name__}. HINT: build the comparison on a model with `self.net = nn.Sequential(...)`."
+        )
+    model.net = CheckpointedSequential(*net, segment=segment)
+    return model
 
 
 @dataclass(frozen=True)
@@ -111,13 +128,15 @@ def backprop_method(label: str = "BP", make_model: Callable[[int], L.LightningMo
     return Method(label, "bp", make_model, exact=True)
 
 
-def checkpoint_method(segment: int, label: str | None = None) -> Method:
-    """Back-propagation with activation checkpointing in segments of ``segment`` blocks (:class:`CheckpointedMLP`)."""
+def checkpoint_method(
+    segment: int, label: str | None = None, make_model: Callable[[int], L.LightningModule] = _mlp
+) -> Method:
+    """Back-propagation with activation checkpointing in segments of ``segment`` blocks (:func:`with_checkpointing`)."""
     text = "every block" if segment == 1 else f"every {segment} blocks"
     return Method(
         label or f"BP + checkpoint {text}",
         "checkpoint",
-        lambda num_blocks: CheckpointedMLP(num_blocks=num_blocks, segment=segment),
+        lambda num_blocks: with_checkpointing(make_model(num_blocks), segment),
         exact=True,
     )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lightning_mpc.bench import (
-    CheckpointedMLP,
+    CheckpointedSequential,
     StepMemory,
     StepTimer,
     TrainingSetup,
@@ -19,22 +20,31 @@ from lightning_mpc.bench import (
     mpc_method,
     time_methods,
     train_and_measure,
+    with_checkpointing,
 )
-from lightning_mpc.recipes import MLPClassifier
+from lightning_mpc.recipes import MLPClassifier, ResidualMLPClassifier
 
 
 @pytest.mark.parametrize("segment", [1, 3])
-def test_checkpointed_mlp_has_exact_gradients(segment: int) -> None:
-    sizes = {"hidden": 16, "in_features": 12, "num_classes": 4}
-    plain = MLPClassifier(num_blocks=5, **sizes)
-    checkpointed = CheckpointedMLP(num_blocks=5, segment=segment, **sizes)
-    checkpointed.load_state_dict(plain.state_dict())
+@pytest.mark.parametrize("model", ["mlp", "residual"])
+def test_checkpointed_models_have_exact_gradients(segment: int, model: str) -> None:
+    def make() -> L.LightningModule:
+        if model == "mlp":
+            return MLPClassifier(num_blocks=5, hidden=16, in_features=12, num_classes=4)
+        return ResidualMLPClassifier(num_steps=3, width=16, in_features=12, num_classes=4)
+
+    plain = make()
+    checkpointed = with_checkpointing(make(), segment)
+    assert isinstance(checkpointed.net, CheckpointedSequential)
+    checkpointed.load_state_dict(plain.state_dict())  # the same keys
     x, y = torch.randn(6, 12), torch.randint(0, 4, (6,))
     for model in (plain, checkpointed):
         F.cross_entropy(model(x), y).backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+    with pytest.raises(TypeError, match="needs a model whose `net` is an nn.Sequential.*HINT"):
+        with_checkpointing(L.LightningModule(), 1)
 
 
 def test_step_timer_skips_the_warm_up_and_times_until_the_end_or_the_next_step() -> None:
