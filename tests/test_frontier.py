@@ -49,7 +49,7 @@ def test_a_rule_row_is_one_entry(frontier: ModuleType, monkeypatch: pytest.Monke
     assert type(row.make_strategy()).__name__ == "RuleStrategy"
     assert type(row.make_model(8)).__name__ == "MLPClassifier"
     assert "mpc" in frontier.default_rules("mlp") and "mpc" not in frontier.default_rules("residual-mlp")
-    with pytest.raises(ValueError, match="cannot train the 'residual-mlp' model.*HINT: run the frontier with --model mlp"):
+    with pytest.raises(ValueError, match="cannot train the 'residual-mlp' model.*HINT: run the frontier with --model"):
         frontier.rule_row("mpc", "residual-mlp")
     with pytest.raises(KeyError, match="No credit-assignment rule named 'nope'"):
         rule_method("nope")

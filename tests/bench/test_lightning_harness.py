@@ -38,8 +38,8 @@ def test_checkpointed_models_have_exact_gradients(segment: int, model: str) -> N
     assert isinstance(checkpointed.net, CheckpointedSequential)
     checkpointed.load_state_dict(plain.state_dict())  # the same keys
     x, y = torch.randn(6, 12), torch.randint(0, 4, (6,))
-    for model in (plain, checkpointed):
-        F.cross_entropy(model(x), y).backward()
+    for module in (plain, checkpointed):
+        F.cross_entropy(module(x), y).backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         torch.testing.assert_close(q.grad, p.grad, msg=name)
