@@ -3,10 +3,13 @@
 * :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/mnist_mlp.yaml`` (bundled digits by default).
 * :class:`ResNetClassifier` + :class:`CIFAR10Data`: ``recipes/cifar10_resnet18.yaml``.
 * :class:`DeepLinear` + :class:`LinearTeacherData`: ``recipes/deep_linear.yaml``.
+* :class:`RecurrentTask` + :class:`SequenceData`: ``recipes/tp_temporal_order.yaml``, ``recipes/tp_adding.yaml``
+  (target propagation, ``strategy="tp"``, or back-propagation through time).
 """
 
+from lightning_mpc.data.sequences import SequenceData
 from lightning_mpc.recipes.data import CIFAR10Data, DatasetUnavailableError, LinearTeacherData, MNISTData
-from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, ResNetClassifier, cifar_resnet
+from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, RecurrentTask, ResNetClassifier, cifar_resnet
 
 __all__ = [
     "CIFAR10Data",
@@ -15,6 +18,8 @@ __all__ = [
     "LinearTeacherData",
     "MLPClassifier",
     "MNISTData",
+    "RecurrentTask",
     "ResNetClassifier",
+    "SequenceData",
     "cifar_resnet",
 ]
