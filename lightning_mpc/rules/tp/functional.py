@@ -178,14 +178,17 @@ def factorize(weight_hh: Tensor, r: float) -> Tensor:
     """The lower Cholesky factor ``L`` of ``W^T W + r I`` (``W = weight_hh``), computed once per training step.
 
     Raises:
-        ValueError: if ``W^T W + r I`` is not positive definite (``r = 0`` with a singular ``W``, or
-            non-finite weights).
+        ValueError: if ``W^T W + r I`` is not positive definite in the weights' precision (``r = 0`` with a
+            singular ``W``, or non-finite weights).
     """
     weight = weight_hh.detach()
     gram = weight.mT @ weight
     gram.diagonal().add_(r)
     factor, info = torch.linalg.cholesky_ex(gram)
-    if int(info) != 0:
+    pivots = factor.diagonal().square()
+    # A pivot at rounding level means W^T W + r I is singular in this precision (r = 0 with a singular W).
+    singular = bool(pivots.min() <= 10 * gram.shape[0] * torch.finfo(gram.dtype).eps * pivots.max())
+    if int(info) != 0 or singular or not bool(torch.isfinite(factor).all()):
         finite = bool(torch.isfinite(weight).all())
         cause = "W_hh has non-finite entries" if not finite else f"W_hh is singular and r = {r}"
         raise ValueError(
