@@ -128,7 +128,7 @@ def sequential_mnist(images: Tensor, *, chunk: int = 1, permutation: Tensor | No
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or MNIST_PIXELS % chunk:
         raise ValueError(
             f"sequential_mnist: chunk={chunk!r} does not divide the {MNIST_PIXELS} pixels of a digit into whole steps. "
-            "HINT: use a divisor of 784 such as 1 (784 steps), 4 (196), 7 (112), 16 (49) or 28 (28 steps, one row each)."
+            "HINT: use a divisor of 784 such as 1 (784 steps), 4 (196), 7 (112), 16 (49) or 28 (28 steps, one row)."
         )
     flat = images.reshape(images.shape[0], -1)
     if flat.shape[1] != MNIST_PIXELS:
@@ -229,7 +229,8 @@ class SequenceData(SplitDataModule):
 
     def _mnist(self) -> tuple[TensorDataset, TensorDataset]:
         images, labels = load_bundled_mnist()
-        permutation = torch.randperm(MNIST_PIXELS, generator=torch.Generator().manual_seed(self.seed)) if self.permute else None
+        generator = torch.Generator().manual_seed(self.seed)
+        permutation = torch.randperm(MNIST_PIXELS, generator=generator) if self.permute else None
         x = sequential_mnist(torch.from_numpy(images), chunk=self.chunk, permutation=permutation)
         y = torch.from_numpy(labels).to(torch.int64)
         train_end = min(self.train_size, TRAIN_SIZE)

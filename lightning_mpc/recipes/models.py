@@ -1,11 +1,11 @@
 """The LightningModules of the recipes: a deep MLP, a CIFAR ResNet-18, the paper's deep linear network, an RNN.
 
-Every model here but :class:`RecurrentTask` (target propagation's recurrent network) is an ordinary ``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its
-bases, so it trains unchanged under Lightning's default strategy (back-propagation) and under
-``strategy="mpc"`` / :class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's
-``net`` attribute (an ``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``,
-``val/acc`` and ``test/acc`` for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the
-regression model.
+Every model here but :class:`RecurrentTask` (target propagation's recurrent network) is an ordinary
+``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its bases, so it trains unchanged
+under Lightning's default strategy (back-propagation) and under ``strategy="mpc"`` /
+:class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's ``net`` attribute (an
+``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``, ``val/acc`` and ``test/acc``
+for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the regression model.
 """
 
 from __future__ import annotations
@@ -317,8 +317,8 @@ class RecurrentTask(L.LightningModule):
         super().__init__()
         if not lr > 0 or momentum < 0 or (nesterov and momentum == 0):
             raise ValueError(
-                f"RecurrentTask: lr={lr}, momentum={momentum}, nesterov={nesterov}: the learning rate must be positive, "
-                "the momentum non-negative, and Nesterov needs a momentum. HINT: check the model's init_args."
+                f"RecurrentTask: lr={lr}, momentum={momentum}, nesterov={nesterov}: the learning rate must be "
+                "positive, the momentum non-negative, and Nesterov needs a momentum. HINT: check the model's init_args."
             )
         self.save_hyperparameters()
         self.net = RNNSequenceModel(

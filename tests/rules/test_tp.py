@@ -255,9 +255,11 @@ def test_step_gradients_match_the_references(form: str, surrogate: str, per_step
     model = _model("tanh", per_step=per_step)
     x, y = _batch(per_step=per_step)
     _, bptt = _bptt(model, x, y)
-    result = tp_backward(model, x, _loss(y), gamma_h=0.2, r=1.5, form=form, surrogate=surrogate)  # type: ignore[arg-type]
+    settings = {"gamma_h": 0.2, "r": 1.5, "form": form, "surrogate": surrogate}
+    result = tp_backward(model, x, _loss(y), **settings)  # type: ignore[arg-type]
     got = _grads(model)
-    reference = (_unrolled_reference if surrogate == "unrolled" else _per_step_local_reference)(model, x, result.targets)
+    reference_of = _unrolled_reference if surrogate == "unrolled" else _per_step_local_reference
+    reference = reference_of(model, x, result.targets)
     assert set(got) == {name for name, _ in model.named_parameters()}  # every parameter learns
     for name, grad in reference.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-10, atol=1e-13, msg=name)

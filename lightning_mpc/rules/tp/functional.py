@@ -12,7 +12,8 @@ One training step of the rule:
    ``- gamma_h * grad_{h_t} loss`` when the readout reads every state). The readout's parameters receive the
    loss's own gradient.
 2. **Regularized layer inverse.**
-   ``g_t(v) = argmin_h ||W h - (a^{-1}(v) - U x_t - b)||^2 + r ||h||^2 = (W^T W + r I)^{-1} W^T (a^{-1}(v) - U x_t - b)``,
+   ``g_t(v) = argmin_h ||W h - (a^{-1}(v) - U x_t - b)||^2 + r ||h||^2``
+   ``= (W^T W + r I)^{-1} W^T (a^{-1}(v) - U x_t - b)``,
    with ``a^{-1} = atanh`` on an input clamped to ``[-1 + clamp, 1 - clamp]``. ``W^T W + r I`` is factorised
    once per step (one Cholesky factorisation, :func:`factorize`); every time step then costs one pair of
    triangular solves against that factor.
@@ -186,15 +187,21 @@ def factorize(weight_hh: Tensor, r: float) -> Tensor:
     gram.diagonal().add_(r)
     factor, info = torch.linalg.cholesky_ex(gram)
     pivots = factor.diagonal().square()
-    # A pivot at rounding level means W^T W + r I is singular in this precision (r = 0 with a singular W).
-    singular = bool(pivots.min() <= 10 * gram.shape[0] * torch.finfo(gram.dtype).eps * pivots.max())
+    # A pivot at rounding level relative to the largest (condition number about 1 / eps or more) means that
+    # W^T W + r I is singular in this precision: r = 0 with a singular W, or weights that have blown up.
+    singular = bool(pivots.min() <= 2 * torch.finfo(gram.dtype).eps * pivots.max())
     if int(info) != 0 or singular or not bool(torch.isfinite(factor).all()):
-        finite = bool(torch.isfinite(weight).all())
-        cause = "W_hh has non-finite entries" if not finite else f"W_hh is singular and r = {r}"
+        if not bool(torch.isfinite(weight).all()):
+            cause = "W_hh has non-finite entries: training diverged"
+        elif r == 0:
+            cause = "W_hh is singular and r = 0"
+        else:
+            norm = float(torch.linalg.matrix_norm(weight, ord=2))
+            cause = f"W_hh's norm {norm:.3g} is so large that r = {r} is lost in rounding: training is diverging"
         raise ValueError(
-            f"W_hh^T W_hh + r I ({weight.shape[0]} x {weight.shape[0]}) is not positive definite ({cause}), so the "
-            "layer inverse is not defined. HINT: use r > 0 (the rule requires it); if W_hh became non-finite, "
-            "lower the learning rate or gamma_h."
+            f"W_hh^T W_hh + r I ({weight.shape[0]} x {weight.shape[0]}) is not positive definite in "
+            f"{str(weight.dtype).removeprefix('torch.')} ({cause}), so the layer inverse is not defined. "
+            "HINT: use r > 0 (the rule requires it); if training diverged, lower the learning rate or gamma_h."
         )
     return factor
 
@@ -208,7 +215,7 @@ def _solve(factor: Tensor, rows: Tensor) -> Tensor:
 def regularized_inverse(
     rnn: UnrolledRNN, v: Tensor, x_t: Tensor, factor: Tensor, clamp: float = 1e-3
 ) -> Tensor:
-    """The regularized inverse of step ``t``'s layer at ``v``: ``argmin_h ||W h - (a^{-1}(v) - U x_t - b)||^2 + r ||h||^2``.
+    """The regularized inverse of step ``t``'s layer: ``argmin_h ||W h - (a^{-1}(v) - U x_t - b)||^2 + r ||h||^2``.
 
     Args:
         rnn: the cell (its ``weight_hh`` ``W``, ``weight_ih`` ``U``, ``bias`` ``b`` and nonlinearity ``a``).

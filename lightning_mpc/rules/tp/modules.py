@@ -21,11 +21,11 @@ from lightning_mpc.rules.tp.functional import Nonlinearity, activation, check_se
 __all__ = ["Init", "RNNSequenceModel", "UnrolledRNN"]
 
 Init = Literal["orthogonal", "uniform"]
-"""``orthogonal``: orthogonal weights and zero biases (the paper's); ``uniform``: ``nn.RNN``'s ``U(-1/sqrt(d), 1/sqrt(d))``."""
+"""``orthogonal``: orthogonal weights, zero biases (the paper's); ``uniform``: as ``nn.RNN``."""
 
 
 def _check_sizes(owner: str, **sizes: int) -> None:
-    bad = {name: value for name, value in sizes.items() if isinstance(value, bool) or not isinstance(value, int) or value < 1}
+    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
         raise ValueError(
             f"{owner}: sizes must be positive integers, got {', '.join(f'{k}={v!r}' for k, v in bad.items())}. "

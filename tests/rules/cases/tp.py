@@ -59,7 +59,12 @@ register_case(
         reference_prediction=_plain_prediction,
         telemetry_keys=["tp/block_00/loss", "tp/block_00/target_residual", "tp/surrogate"],
         bad_configs=[
-            BadConfig("relu cell is not invertible", lambda: (_module(nonlinearity="relu"), TPRule()), ValueError, "not invertible"),
+            BadConfig(
+                "relu cell is not invertible",
+                lambda: (_module(nonlinearity="relu"), TPRule()),
+                ValueError,
+                "not invertible",
+            ),
             BadConfig("fused nn.RNN", lambda: (_FusedRNN(), TPRule()), TypeError, "fused"),
         ],
     )
