@@ -23,7 +23,7 @@ machine) and a PNG, by default ``docs/rules/tp_vs_bptt.md`` and ``docs/img/tp_vs
 
 Usage::
 
-    python benchmarks/tp_vs_bptt.py                      # about 15 minutes on 2 busy CPU cores
+    python benchmarks/tp_vs_bptt.py                      # about 10 minutes on 2 busy CPU cores
     python benchmarks/tp_vs_bptt.py --steps 300 --search-steps 100 --timing-rounds 1 --out /tmp/tp   # a quick look
 """
 
@@ -375,7 +375,11 @@ def plot(path: Path, results: Sequence[TaskResult], timings: dict[str, list[Timi
         task = result.task
         for curve in result.final:
             style = "--" if curve.role == "paper" else "-"  # the paper's setting where the search found another
-            ax.plot(curve.iterations, curve.scores, color=COLORS[curve.method], linestyle=style, label=label(curve))
+            name = label(curve) + ("" if curve.diverged_at is None else f", diverged at {curve.diverged_at}")
+            ax.plot(curve.iterations, curve.scores, color=COLORS[curve.method], linestyle=style, label=name)
+            if curve.diverged_at is not None:
+                last = max(i for i, v in enumerate(curve.scores) if math.isfinite(v))
+                ax.plot(curve.iterations[last], curve.scores[last], "x", color=COLORS[curve.method], markersize=9)
         if task.metric == "accuracy":
             ax.axhline(chance(task), color="grey", linewidth=0.8, linestyle=":", label="chance (25 %)")
             ax.set_ylabel("evaluation accuracy")
@@ -411,13 +415,17 @@ def _fmt_iter(value: int | None) -> str:
     return "never" if value is None else str(value)
 
 
+def _final(curve: Curve, digits: int) -> str:
+    return f"diverged at {curve.diverged_at}" if curve.diverged_at is not None else f"{curve.scores[-1]:.{digits}f}"
+
+
 def write_page(
     path: Path,
     image: Path,
     results: Sequence[TaskResult],
     timings: dict[str, list[Timing]],
     batches: list[Timing],
-    parts: dict[str, float],
+    parts: dict[tuple[int, int, int], dict[str, float]],
     args: argparse.Namespace,
     command: str,
     total_s: float,
@@ -445,7 +453,8 @@ def write_page(
         f"r in {{the paper's, {', '.join(f'{v:g}' for v in args.tp_rs)}}} (gamma_h fixed at the paper's); the best "
         f"area under the curve wins and trains for {args.steps} iterations, next to the paper's setting.",
         f"- Budget: {args.steps} iterations (the paper runs 40,000 on temporal order and 24,000 on adding; this "
-        "budget keeps the whole script near a quarter of an hour on two shared CPU cores).",
+        "budget keeps the whole script near ten minutes on two shared CPU cores). A run that diverges (non-finite "
+        "weights) stops; its accuracy counts as chance (25 %) from there in the AUC.",
         f"- Command: `{command}`; total {total_s / 60:.1f} minutes.",
         f"- Machine: {platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s).",
@@ -462,7 +471,7 @@ def write_page(
             ]
             for c in result.final:
                 lines.append(
-                    f"| {c.method} | {describe(c)} ({c.role}) | {c.area(task):.3f} | {c.scores[-1]:.3f} | "
+                    f"| {c.method} | {describe(c)} ({c.role}) | {c.area(task):.3f} | {_final(c, 3)} | "
                     f"{_fmt_iter(c.first_reaching(0.9, True))} | "
                     f"{c.seconds:.0f} |"
                 )
@@ -475,12 +484,12 @@ def write_page(
             for c in result.final:
                 finite = [v for v in c.scores if math.isfinite(v)]
                 lines.append(
-                    f"| {c.method} | {describe(c)} ({c.role}) | {c.area(task):.4f} | {c.scores[-1]:.4f} | "
+                    f"| {c.method} | {describe(c)} ({c.role}) | {c.area(task):.4f} | {_final(c, 4)} | "
                     f"{min(finite):.4f} | "
                     f"{_fmt_iter(c.first_reaching(ADDING_CONSTANT_MSE, False))} | {c.seconds:.0f} |"
                 )
             lines += ["", f"The constant predictor 1/2 scores {ADDING_CONSTANT_MSE:.4f} (1/24)."]
-        lines += ["", "Learning-rate search (area under the curve over the search budget; `div` = diverged):", ""]
+        lines += ["", f"Learning-rate search (area under the curve over {args.search_steps} iterations):", ""]
         lines += ["| method | setting | area |", "|---|---|---:|"]
         for name, curves in result.search.items():
             for c in curves:
@@ -504,15 +513,17 @@ def write_page(
         )
     lines += [
         "",
-        f"TP's iteration at length {TEMPORAL_ORDER.length}, width 100, batch {args.batch} (unrolled surrogate), in "
-        "milliseconds (medians; the parts are timed separately):",
+        "TP's iteration (unrolled surrogate) in parts, milliseconds (medians; each part timed on its own, the "
+        "parameter step is the rest: the surrogate's backward through the unrolled graph and the readout's):",
         "",
-        "| forward | output target | factorisation | target propagation | parameter step (rest) | total |",
-        "|---:|---:|---:|---:|---:|---:|",
-        "| " + " | ".join(f"{parts[k]:.2f}" for k in ("forward", "output target", "factorisation", "propagation",
-                                                       "parameter step (rest)", "total")) + " |",
-        "",
+        "| length | width | batch | forward | output target | factorisation | target propagation (T - 1 solves) "
+        "| parameter step | total |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    keys = ("forward", "output target", "factorisation", "propagation", "parameter step (rest)", "total")
+    for (length, width, batch), ms in parts.items():
+        lines.append(f"| {length} | {width} | {batch} | " + " | ".join(f"{ms[k]:.2f}" for k in keys) + " |")
+    lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -571,7 +582,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "width": [time_iterations(60, d, args.batch, args.timing_rounds, args.timing_repeats) for d in args.widths],
     }
     batches = [time_iterations(60, 100, b, args.timing_rounds, args.timing_repeats) for b in args.batches]
-    parts = breakdown(TEMPORAL_ORDER.length, 100, args.batch, args.timing_repeats * args.timing_rounds)
+    sizes = [(60, 100, args.batch), (max(args.lengths), 100, args.batch), (60, max(args.widths), args.batch)]
+    sizes += [(60, 100, b) for b in args.batches]
+    repeats = args.timing_repeats * args.timing_rounds
+    parts = {size: breakdown(*size, repeats) for size in dict.fromkeys(sizes)}
     for t in [*timings["length"], *timings["width"], *batches]:
         print(f"  L={t.length} d={t.width} B={t.batch}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in t.ms.items()))
     image = args.plot or args.out.parent / "img" / "tp_vs_bptt.png"
