@@ -390,7 +390,7 @@ def plot(path: Path, results: Sequence[TaskResult], timings: dict[str, list[Timi
             ax.set_ylabel("evaluation MSE")
         ax.set_xlabel("iteration (batch of 20)")
         ax.set_title(task.title + ", width 100")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left" if task.metric == "accuracy" else "upper right")
         ax.grid(alpha=0.3)
     for ax, (axis, rows) in zip(axes[1], timings.items()):
         xs = [getattr(t, axis) for t in rows]

@@ -386,3 +386,16 @@ def test_unrolled_rnn_is_the_elman_recurrence() -> None:
     x, _ = _batch()
     h0 = torch.randn(5, 6)
     torch.testing.assert_close(rnn(x, h0), fused(x, h0.unsqueeze(0))[0])
+
+
+def test_a_given_initial_state_is_the_first_layers_input() -> None:
+    model, twin = _model("tanh"), _model("tanh")
+    x, y = _batch()
+    h0 = 0.5 * torch.tanh(torch.randn(5, 6))
+    states = model.rnn(x, h0)
+    result = tp_backward_from_states(model, x, states, _loss(y), gamma_h=0.2, r=1.0, surrogate="local", h0=h0)
+    rnn = twin.rnn
+    previous = torch.cat([h0.unsqueeze(1), rnn(x, h0).detach()[:, :-1]], dim=1)
+    total = 0.5 * (torch.stack([rnn.step(previous[:, t], x[:, t]) for t in range(7)], 1) - result.targets).square().sum()
+    for (name, p), expected in zip(rnn.named_parameters(), torch.autograd.grad(total, list(rnn.parameters()))):
+        torch.testing.assert_close(dict(model.rnn.named_parameters())[name].grad, expected, msg=name)
