@@ -18,13 +18,19 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_mpc import MPCStrategy, RuleStrategy
+from lightning_mpc import MPCStrategy, PinTStrategy, RuleStrategy
 from lightning_mpc.cli import MPCLightningCLI, run_cli
 from lightning_mpc.data import load_bundled_mnist
 from lightning_mpc.recipes import CIFAR10Data, DeepLinear, MLPClassifier, MNISTData, ResNetClassifier, cifar_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+STRATEGIES = {
+    "lightning_mpc.MPCStrategy": MPCStrategy,
+    "lightning_mpc.PinTStrategy": PinTStrategy,
+    "lightning_mpc.RuleStrategy": RuleStrategy,
+}
+"""The strategies recipes use, by class path."""
 
 # Per recipe: flags that make its data tiny and offline (a new recipe must add an entry here).
 TINY = {
@@ -40,6 +46,7 @@ TINY = {
         "0",
     ],
     "deep_linear": ["--data.train_size", "32", "--data.eval_size", "16", "--data.batch_size", "8"],
+    "pint_mnist_resmlp": ["--data.limit", "16", "--data.batch_size", "8"],
     **{
         recipe: ["--data.length", "12", "--data.train_size", "16", "--data.eval_size", "8", "--data.batch_size", "8"]
         for recipe in ("tp_temporal_order", "tp_adding")
@@ -103,7 +110,7 @@ def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
 
 
 def test_every_recipe_has_tiny_overrides() -> None:
-    expected = {"mnist_mlp", "cifar10_resnet18", "deep_linear", "tp_temporal_order", "tp_adding"}
+    expected = {"mnist_mlp", "cifar10_resnet18", "deep_linear", "pint_mnist_resmlp", "tp_temporal_order", "tp_adding"}
     assert {r.stem for r in RECIPES} >= expected
     missing = [r.name for r in RECIPES if r.stem not in TINY]
     assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
@@ -113,18 +120,19 @@ def test_every_recipe_has_tiny_overrides() -> None:
 def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     strategy = config["trainer"]["strategy"]
+    strategy_type = STRATEGIES[strategy["class_path"]]
     cli = _fit(recipe, tmp_path)
-    if strategy["class_path"] == "lightning_mpc.RuleStrategy":  # another rule than MPC, configured in the recipe
-        _assert_trained(cli, RuleStrategy)
+    _assert_trained(cli, strategy_type)
+    if strategy_type is MPCStrategy:
+        assert cli.trainer.strategy.horizon == strategy["init_args"]["horizon"]
+        assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
+    elif strategy_type is PinTStrategy:
+        assert cli.trainer.strategy.pint.iterations == strategy["init_args"]["iterations"]
+    else:  # another rule than MPC, configured in the recipe
         rule = cli.trainer.strategy.rule
         assert f"lightning_mpc.{type(rule).__name__}" == strategy["init_args"]["rule"]["class_path"]
         for name, value in strategy["init_args"]["rule"]["init_args"].items():
             assert getattr(rule, name) == value, name
-        return
-    assert strategy["class_path"] == "lightning_mpc.MPCStrategy"
-    _assert_trained(cli, MPCStrategy)
-    assert cli.trainer.strategy.horizon == config["trainer"]["strategy"]["init_args"]["horizon"]
-    assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem == "mnist_mlp"], ids=["mnist_mlp"])
