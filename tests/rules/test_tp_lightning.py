@@ -96,7 +96,10 @@ def test_telemetry_events_report_segments_of_the_sequence(length: int, segments:
     assert result is not None
     assert sum(event[2] for event in losses) == pytest.approx(float(result.surrogate), rel=1e-5)
     signals = {(event[1], event[2]) for event in recorder.events if event[0] == "signal"}
-    assert signals == {("target_residual", i) for i in range(count)} | {("output_loss", None), ("surrogate", None)}
+    per_segment = {(name, i) for name in ("loss", "target_residual") for i in range(count)}
+    assert signals == per_segment | {("output_loss", None), ("surrogate", None)}
+    segment_losses = [event[3] for event in recorder.events if event[0] == "signal" and event[1] == "loss"]
+    assert segment_losses == [event[2] for event in losses]
 
 
 def test_the_rule_learns_temporal_order() -> None:

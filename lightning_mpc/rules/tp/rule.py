@@ -264,7 +264,11 @@ class TPRule(CreditRule):
         bounds = torch.linspace(0, length, min(self.telemetry_segments, length) + 1).round().long().tolist()
         targets = result.targets
         for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-            observer.local_loss(index, targets[:, start:end], result.step_losses[start:end].sum())
+            segment_loss = result.step_losses[start:end].sum()
+            observer.local_loss(index, targets[:, start:end], segment_loss)
+            # Also as a signal: the rule has no blocks, so the generic telemetry logs its segments through signals
+            # (tp/block_XX/loss, the name the dashboards chart).
+            self._emit("loss", index, segment_loss)
             self._emit("target_residual", index, result.residuals[start:end].mean())
         self._emit("output_loss", None, result.loss)
         self._emit("surrogate", None, result.surrogate)

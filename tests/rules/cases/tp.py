@@ -57,7 +57,7 @@ register_case(
         make_rule=lambda: TPRule(gamma_h=0.1, r=1.0),
         train_data=_sequences,
         reference_prediction=_plain_prediction,
-        telemetry_keys=["tp/block_00/loss", "tp/block_00/target_residual", "tp/surrogate"],
+        telemetry_keys=["tp/block_00/loss", "tp/block_00/target_residual", "tp/surrogate", "tp/output_loss"],
         bad_configs=[
             BadConfig(
                 "relu cell is not invertible",
