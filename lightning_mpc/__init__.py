@@ -2,7 +2,8 @@
 
 ``import lightning_mpc`` registers every shipped credit-assignment rule as a strategy flag:
 ``Trainer(strategy="mpc")`` (horizon-truncated, model-predictive-control training) and
-``Trainer(strategy="mpc_ddp")``, and likewise every other registered rule.
+``Trainer(strategy="mpc_ddp")``, target propagation over the time steps of an RNN (``Trainer(strategy="tp")``),
+and likewise every other registered rule.
 """
 
 from lightning_mpc.core import (
@@ -29,7 +30,16 @@ from lightning_mpc.lightning import (
     RuleStrategy,
 )
 from lightning_mpc.lightning.registration import install as _install_strategies
-from lightning_mpc.rules import CreditRule, MPCRule, RuleSetup, RuleStep, available_rules, get_rule, register_rule
+from lightning_mpc.rules import (
+    CreditRule,
+    MPCRule,
+    RuleSetup,
+    RuleStep,
+    TPRule,
+    available_rules,
+    get_rule,
+    register_rule,
+)
 from lightning_mpc.rules.pint import PinTRule, ResidualStep, pint_backward, residual_mlp
 from lightning_mpc.rules.pint.strategy import PinTStrategy, register_pint_strategies as _register_pint_strategies
 
@@ -49,6 +59,7 @@ __all__ = [
     "RuleSetup",
     "RuleStep",
     "RuleStrategy",
+    "TPRule",
     "available_rules",
     "get_rule",
     "register_rule",

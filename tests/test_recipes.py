@@ -18,14 +18,18 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_mpc import MPCStrategy, PinTStrategy
+from lightning_mpc import MPCStrategy, PinTStrategy, RuleStrategy
 from lightning_mpc.cli import MPCLightningCLI, run_cli
 from lightning_mpc.data import load_bundled_mnist
 from lightning_mpc.recipes import CIFAR10Data, DeepLinear, MLPClassifier, MNISTData, ResNetClassifier, cifar_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
-STRATEGIES = {"lightning_mpc.MPCStrategy": MPCStrategy, "lightning_mpc.PinTStrategy": PinTStrategy}
+STRATEGIES = {
+    "lightning_mpc.MPCStrategy": MPCStrategy,
+    "lightning_mpc.PinTStrategy": PinTStrategy,
+    "lightning_mpc.RuleStrategy": RuleStrategy,
+}
 """The strategies recipes use, by class path."""
 
 # Per recipe: flags that make its data tiny and offline (a new recipe must add an entry here).
@@ -43,6 +47,10 @@ TINY = {
     ],
     "deep_linear": ["--data.train_size", "32", "--data.eval_size", "16", "--data.batch_size", "8"],
     "pint_mnist_resmlp": ["--data.limit", "16", "--data.batch_size", "8"],
+    **{
+        recipe: ["--data.length", "12", "--data.train_size", "16", "--data.eval_size", "8", "--data.batch_size", "8"]
+        for recipe in ("tp_temporal_order", "tp_adding")
+    },
 }
 
 
@@ -102,7 +110,8 @@ def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
 
 
 def test_every_recipe_has_tiny_overrides() -> None:
-    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear", "pint_mnist_resmlp"}
+    expected = {"mnist_mlp", "cifar10_resnet18", "deep_linear", "pint_mnist_resmlp", "tp_temporal_order", "tp_adding"}
+    assert {r.stem for r in RECIPES} >= expected
     missing = [r.name for r in RECIPES if r.stem not in TINY]
     assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
 
@@ -117,8 +126,13 @@ def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
     if strategy_type is MPCStrategy:
         assert cli.trainer.strategy.horizon == strategy["init_args"]["horizon"]
         assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
-    else:
+    elif strategy_type is PinTStrategy:
         assert cli.trainer.strategy.pint.iterations == strategy["init_args"]["iterations"]
+    else:  # another rule than MPC, configured in the recipe
+        rule = cli.trainer.strategy.rule
+        assert f"lightning_mpc.{type(rule).__name__}" == strategy["init_args"]["rule"]["class_path"]
+        for name, value in strategy["init_args"]["rule"]["init_args"].items():
+            assert getattr(rule, name) == value, name
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem == "mnist_mlp"], ids=["mnist_mlp"])
@@ -127,6 +141,13 @@ def test_recipe_with_back_propagation(recipe: Path, tmp_path: Path) -> None:
     _assert_trained(cli, None)
     assert not isinstance(cli.trainer.strategy, MPCStrategy)
     assert not hasattr(cli.model, "mpc_heads")
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem.startswith("tp_")], ids=lambda r: r.stem)
+def test_tp_recipe_with_back_propagation_through_time(recipe: Path, tmp_path: Path) -> None:
+    cli = _fit(recipe, tmp_path, "--trainer.strategy", "auto", "--model.lr", "1e-3", "--model.momentum", "0.9")
+    _assert_trained(cli, None)
+    assert not isinstance(cli.trainer.strategy, RuleStrategy)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

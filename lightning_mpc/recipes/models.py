@@ -1,11 +1,11 @@
-"""The LightningModules of the recipes: a deep MLP, a residual MLP, a CIFAR ResNet-18 and a deep linear network.
+"""The LightningModules of the recipes: a deep MLP, a residual MLP, a CIFAR ResNet-18, a deep linear network, an RNN.
 
-Every model here is an ordinary ``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its
-bases, so it trains unchanged under Lightning's default strategy (back-propagation) and under
-``strategy="mpc"`` / :class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's
-``net`` attribute (an ``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``,
-``val/acc`` and ``test/acc`` for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the
-regression model.
+Every model here but :class:`RecurrentTask` (target propagation's recurrent network) is an ordinary
+``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its bases, so it trains unchanged
+under Lightning's default strategy (back-propagation) and under ``strategy="mpc"`` /
+:class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's ``net`` attribute (an
+``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``, ``val/acc`` and ``test/acc``
+for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the regression model.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ import torchvision
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.lightning.mixin import MPCMixin
 from lightning_mpc.rules.pint.modules import residual_mlp
+from lightning_mpc.rules.tp.functional import Nonlinearity
+from lightning_mpc.rules.tp.modules import Init, RNNSequenceModel
 
-__all__ = ["DeepLinear", "MLPClassifier", "ResNetClassifier", "ResidualMLPClassifier", "cifar_resnet"]
+__all__ = ["DeepLinear", "MLPClassifier", "RecurrentTask", "ResNetClassifier", "ResidualMLPClassifier", "cifar_resnet"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -327,3 +330,88 @@ class DeepLinear(MPCMixin, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over every parameter (under MPC this includes the local heads)."""
         return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class RecurrentTask(L.LightningModule):
+    """A recurrent network on a sequence task: the model of the ``tp_*`` recipes (target propagation vs BPTT).
+
+    The network is a :class:`~lightning_mpc.rules.tp.RNNSequenceModel` (an explicitly unrolled tanh RNN and a
+    linear readout) in ``self.net``. The loss is cross-entropy for integer targets (temporal order, sequential
+    MNIST) and mean squared error for floating-point ones (adding). Under Lightning's default strategy it
+    trains with back-propagation through time; under ``strategy="tp"`` with target propagation, with the same
+    ``training_step``. Metrics: ``train/loss``, ``val/loss``, ``test/loss``, and ``val/acc``, ``test/acc`` for
+    classes. Pair it with :class:`~lightning_mpc.data.sequences.SequenceData`.
+
+    Args:
+        input_size: features per step (temporal order 6, adding 2, sequential MNIST the chunk size).
+        hidden_size: the RNN's width (the paper: 100).
+        output_size: classes, or 1 for the adding task.
+        per_step: a readout at every step (sequence labelling) instead of the last one.
+        nonlinearity: ``"tanh"``, ``"identity"`` or ``"relu"`` (back-propagation only).
+        init: ``"orthogonal"`` (the paper's) or ``"uniform"``.
+        lr: SGD learning rate (the paper: 0.1 for target propagation, 1e-5 with momentum 0.9 for BPTT on
+            temporal order).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum (the paper's BPTT runs use it with momentum 0.9).
+    """
+
+    def __init__(
+        self,
+        input_size: int = 6,
+        hidden_size: int = 100,
+        output_size: int = 4,
+        per_step: bool = False,
+        nonlinearity: Nonlinearity = "tanh",
+        init: Init = "orthogonal",
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__()
+        if not lr > 0 or momentum < 0 or (nesterov and momentum == 0):
+            raise ValueError(
+                f"RecurrentTask: lr={lr}, momentum={momentum}, nesterov={nesterov}: the learning rate must be "
+                "positive, the momentum non-negative, and Nesterov needs a momentum. HINT: check the model's init_args."
+            )
+        self.save_hyperparameters()
+        self.net = RNNSequenceModel(
+            input_size, hidden_size, output_size, per_step=per_step, nonlinearity=nonlinearity, init=init
+        )
+        self.lr = lr
+        self.momentum = momentum
+        self.nesterov = nesterov
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Predictions for sequences ``(batch, T, input_size)``."""
+        return self.net(x)
+
+    def _evaluate(self, batch: Batch, stage: str) -> Tensor:
+        x, y = batch
+        prediction = self(x)
+        loss = default_local_loss(prediction, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test")
+        if not y.is_floating_point():
+            accuracy = (prediction.argmax(dim=-1) == y).float().mean()
+            self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """The loss of one forward (back-propagated under BPTT; only reported under target propagation)."""
+        return self._evaluate(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Loss (and accuracy for classes) on the evaluation split."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Loss (and accuracy for classes) on the evaluation split."""
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The network's output (``batch`` is ``(x, y)`` or ``x``)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD over every parameter."""
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)

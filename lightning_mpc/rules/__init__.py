@@ -8,9 +8,11 @@ from lightning_mpc.rules.base import CreditRule, GradReady, RuleSetup, RuleStep
 from lightning_mpc.rules.mpc import MPCRule
 from lightning_mpc.rules.pint import PinTRule
 from lightning_mpc.rules.registry import RULES, available_rules, build_rule, get_rule, register_rule
+from lightning_mpc.rules.tp import TPRule
 
 register_rule(MPCRule)
 register_rule(PinTRule)
+register_rule(TPRule)
 
 __all__ = [
     "RULES",
@@ -20,6 +22,7 @@ __all__ = [
     "PinTRule",
     "RuleSetup",
     "RuleStep",
+    "TPRule",
     "available_rules",
     "build_rule",
     "get_rule",
