@@ -167,12 +167,20 @@ def default_rules(model: str = "mlp") -> list[str]:
     return [name for name, row in RULE_METHODS.items() if name in registered and model in row.models]
 
 
+ELSEWHERE: dict[str, str] = {
+    "tp": "trains recurrent networks over the time steps of a sequence: see [TP against BPTT](rules/tp_vs_bptt.md)",
+}
+"""Registered rules the frontier does not train, with where they are compared instead (named on the page)."""
+
+
 def rules_elsewhere(model: str) -> list[str]:
-    """Registered rules of :data:`RULE_METHODS` that need another model (named on the page)."""
+    """Registered rules not on a page of ``model``: those of :data:`RULE_METHODS` that need another model, and
+    :data:`ELSEWHERE`."""
     registered = lightning_mpc.available_rules()
-    return [
+    other = [
         f"{n} (`--model {r.models[0]}`)" for n, r in RULE_METHODS.items() if n in registered and model not in r.models
     ]
+    return other + [f"{n} ({why})" for n, why in ELSEWHERE.items() if n in registered]
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -354,7 +362,7 @@ def write_page(
             f"epoch(s), seed {args.seed}; MPC adds a linear local head per block but the last. Every run starts from "
             "the same weights and sees the same batches."
         ),
-        *([f"- Registered rules that need another model: {', '.join(elsewhere)}."] if elsewhere else []),
+        *([f"- Registered rules not on this page: {'; '.join(elsewhere)}."] if elsewhere else []),
         f"- Wall time of the whole benchmark: {total_s:.0f} s.",
         *([f"- Note: {args.note}"] if args.note else []),
         "",

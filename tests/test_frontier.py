@@ -60,6 +60,7 @@ def test_pint_trains_on_the_residual_model(frontier: ModuleType) -> None:
     assert [m.key for m in rows][-1] == "PinT (2 slabs, 1 sweep)"
     assert all(type(m.make_model(5)).__name__ == "ResidualMLPClassifier" for m in rows)
     assert "pint (`--model residual-mlp`)" in frontier.rules_elsewhere("mlp")
+    assert not any(r.startswith("pint") for r in frontier.rules_elsewhere("residual-mlp"))
 
 
 def test_frontier_smoke_run(frontier: ModuleType, tmp_path: Path) -> None:
