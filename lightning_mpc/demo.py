@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "several horizons; write report.md and report.png.",
     )
     parser.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder (default: %(default)s)")
-    parser.add_argument("--epochs", type=positive_int, default=5, help="training epochs per run (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs per run (default: %(default)s)")
     parser.add_argument(
         "--horizons", type=horizon_list, default=[1, 2, 4], help="comma-separated MPC horizons (default: 1,2,4)"
     )
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["sliding"],
         help="comma-separated MPC modes: sliding, block (default: sliding)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=512, help="batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--limit", type=positive_int, default=None, help="use only this many digits per split (smoke runs)"
