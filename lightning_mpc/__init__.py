@@ -29,7 +29,16 @@ from lightning_mpc.lightning import (
     RuleStrategy,
 )
 from lightning_mpc.lightning.registration import install as _install_strategies
-from lightning_mpc.rules import CreditRule, MPCRule, RuleSetup, RuleStep, available_rules, get_rule, register_rule
+from lightning_mpc.rules import (
+    CreditRule,
+    MPCRule,
+    PEPITARule,
+    RuleSetup,
+    RuleStep,
+    available_rules,
+    get_rule,
+    register_rule,
+)
 
 __version__ = "0.2.0.dev0"
 
@@ -39,6 +48,7 @@ __all__ = [
     "BlockSpan",
     "CreditRule",
     "MPCRule",
+    "PEPITARule",
     "RuleDDPStrategy",
     "RuleSetup",
     "RuleStep",

@@ -6,15 +6,18 @@ and ``name + "_ddp"`` where the rule allows data parallelism).
 
 from lightning_mpc.rules.base import CreditRule, GradReady, RuleSetup, RuleStep
 from lightning_mpc.rules.mpc import MPCRule
+from lightning_mpc.rules.pepita import PEPITARule
 from lightning_mpc.rules.registry import RULES, available_rules, build_rule, get_rule, register_rule
 
 register_rule(MPCRule)
+register_rule(PEPITARule)
 
 __all__ = [
     "RULES",
     "CreditRule",
     "GradReady",
     "MPCRule",
+    "PEPITARule",
     "RuleSetup",
     "RuleStep",
     "available_rules",
