@@ -3,15 +3,24 @@
 * :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/mnist_mlp.yaml`` (bundled digits by default).
 * :class:`ResNetClassifier` + :class:`CIFAR10Data`: ``recipes/cifar10_resnet18.yaml``.
 * :class:`DeepLinear` + :class:`LinearTeacherData`: ``recipes/deep_linear.yaml``.
+* :class:`DropoutMLP` + :class:`ClassificationData`: ``recipes/pepita_mnist.yaml`` and ``recipes/pepita_cifar10.yaml``.
 """
 
-from lightning_mpc.recipes.data import CIFAR10Data, DatasetUnavailableError, LinearTeacherData, MNISTData
-from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, ResNetClassifier, cifar_resnet
+from lightning_mpc.recipes.data import (
+    CIFAR10Data,
+    ClassificationData,
+    DatasetUnavailableError,
+    LinearTeacherData,
+    MNISTData,
+)
+from lightning_mpc.recipes.models import DeepLinear, DropoutMLP, MLPClassifier, ResNetClassifier, cifar_resnet
 
 __all__ = [
     "CIFAR10Data",
+    "ClassificationData",
     "DatasetUnavailableError",
     "DeepLinear",
+    "DropoutMLP",
     "LinearTeacherData",
     "MLPClassifier",
     "MNISTData",

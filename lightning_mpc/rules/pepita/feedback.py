@@ -66,7 +66,7 @@ def random_feedback(
 def normalize_factors(factors: Sequence[Tensor], target_std: float) -> None:
     """Rescale ``factors`` in place, all by the same factor, so that their product has ``target_std``."""
     product = _product(factors)
-    std = float(product.double().std())
+    std = float(product.std())
     if std == 0.0 or not math.isfinite(std):
         return
     ratio = (target_std / std) ** (1.0 / len(factors))
@@ -122,10 +122,12 @@ def mirror_step(
     if len(weights) != len(factors):
         raise ValueError(f"Got {len(factors)} feedback factors for {len(weights)} layers; they must match.")
     for weight, factor in zip(weights, factors):
-        noise = torch.randn(samples, weight.shape[1], generator=generator, dtype=torch.float64) * noise_std
-        noise = noise.to(device=factor.device, dtype=factor.dtype)
+        noise = torch.randn(samples, weight.shape[1], generator=generator, dtype=factor.dtype).mul_(noise_std)
+        noise = noise.to(factor.device)
         response = noise @ weight.detach().to(factor.dtype).T
-        factor.add_(noise.T @ response / samples - weight_decay * factor, alpha=lr)
+        if weight_decay:
+            factor.mul_(1.0 - lr * weight_decay)
+        factor.addmm_(noise.T, response, alpha=lr / samples)
 
 
 @torch.no_grad()

@@ -149,38 +149,65 @@ def layer_update(
         (``conv2d_weight`` for a convolution), ``activity`` summed over the batch (and positions) for the bias.
     """
     weight = layer.weight
+    with_weight = weight.requires_grad
+    with_bias = layer.bias is not None and layer.bias.requires_grad
     delta = activity.detach().to(weight.dtype)
     inputs = inputs.detach().to(weight.dtype)
+    updates: list[Tensor] = []
     if isinstance(layer, nn.Conv2d):
-        padded, padding = _conv_input(layer, inputs)
-        grad_w = torch.nn.grad.conv2d_weight(
-            padded, weight.shape, delta, layer.stride, padding, layer.dilation, layer.groups
-        )
-        grad_b = delta.sum(dim=(0, 2, 3))
+        if with_weight:
+            padded, padding = _conv_input(layer, inputs)
+            updates.append(
+                torch.nn.grad.conv2d_weight(padded, weight.shape, delta, layer.stride, padding, layer.dilation, layer.groups)
+            )
+        if with_bias:
+            updates.append(delta.sum(dim=(0, 2, 3)))
         positions = delta.shape[-2] * delta.shape[-1]
         divisor = {"sum": 1.0, "mean": float(positions), "sqrt": math.sqrt(positions)}[conv_scale]
         if divisor != 1.0:
-            grad_w, grad_b = grad_w / divisor, grad_b / divisor
+            for tensor in updates:
+                tensor.div_(divisor)
     else:
         delta2 = delta.reshape(-1, delta.shape[-1])
-        grad_w = delta2.T @ inputs.reshape(-1, inputs.shape[-1])
-        grad_b = delta2.sum(dim=0)
-    updates = []
-    if weight.requires_grad:
-        updates.append(grad_w)
-    if layer.bias is not None and layer.bias.requires_grad:
-        updates.append(grad_b)
+        if with_weight:
+            updates.append(delta2.T @ inputs.reshape(-1, inputs.shape[-1]))
+        if with_bias:
+            updates.append(delta2.sum(dim=0))
     return updates
 
 
 def _write(layer: PepitaLayer, updates: Sequence[Tensor], scale: Callable[[Tensor], Tensor] | None) -> None:
-    """Add ``updates`` to the ``.grad`` of the layer's trainable parameters (after ``scale``)."""
+    """Add ``updates`` to the ``.grad`` of the layer's trainable parameters (after ``scale``).
+
+    An empty ``.grad`` takes the update tensor itself (no copy): pass tensors nothing else holds.
+    """
     for param, update in zip(layer.parameters, updates):
         value = update if scale is None else scale(update)
         if param.grad is None:
-            param.grad = value.to(param.dtype).clone()
+            param.grad = value if value.dtype == param.dtype else value.to(param.dtype)
         else:
             param.grad.add_(value.to(param.grad.dtype))
+
+
+def _apply(
+    layer: PepitaLayer,
+    activity: Tensor,
+    inputs: Tensor,
+    n: int,
+    conv_scale: ConvScale,
+    scale: Callable[[Tensor], Tensor] | None,
+    keep: bool,
+) -> list[Tensor]:
+    """``layer_update(...) / n`` added to the layer's ``.grad``; returns copies when ``keep`` (else ``[]``)."""
+    update = layer_update(layer.module, activity / n, inputs, conv_scale)  # divide the small factor, not the product
+    kept = [tensor.clone() for tensor in update] if keep else []
+    _write(layer, update, scale)
+    return kept
+
+
+def _hebbian(before: Tensor, inputs_before: Tensor, after: Tensor, inputs_after: Tensor) -> tuple[Tensor, Tensor]:
+    """``(activity, inputs)`` whose outer product is ``before^T inputs_before - after^T inputs_after`` (one product)."""
+    return torch.cat([before, -after.to(before.dtype)]), torch.cat([inputs_before, inputs_after.to(inputs_before.dtype)])
 
 
 def _rms(value: Tensor) -> Tensor:
@@ -339,6 +366,7 @@ def run_modulated_pass(
     scale: Callable[[Tensor], Tensor] | None = None,
     forward_context: ForwardContext | None = None,
     observer: EngineObserver | None = None,
+    keep_updates: bool = True,
 ) -> PepitaResult:
     """The modulated pass and every layer's update, added to ``.grad``; consumes ``first``'s activities.
 
@@ -358,6 +386,8 @@ def run_modulated_pass(
         scale: applied to every update before it is added to ``.grad`` (accumulation, AMP loss scale).
         forward_context: a context for the modulated pass (the precision plugin's autocast).
         observer: receives ``backward_started/finished(block)`` around each block of the modulated pass.
+        keep_updates: return a copy of every update in :attr:`PepitaResult.updates` (else the lists are empty
+            and the updates go into ``.grad`` without copies).
     """
     if output_error not in OUTPUT_ERRORS:
         raise ValueError(f"output_error must be one of {OUTPUT_ERRORS}, got {output_error!r}.")
@@ -382,15 +412,11 @@ def run_modulated_pass(
         if number == last:
             last_seen[:] = [inputs.detach(), activity.detach()]
             return
-        module = layers[number].module
         if variant == "pepita":
-            update = layer_update(module, before - activity, inputs, conv_scale)
+            delta, seen = before - activity, inputs
         else:
-            hebb = layer_update(module, before, first.inputs[number], conv_scale)  # type: ignore[arg-type]
-            anti = layer_update(module, activity, inputs, conv_scale)
-            update = [a - b for a, b in zip(hebb, anti)]
-        updates[number] = [u / n for u in update]
-        _write(layers[number], updates[number], scale)
+            delta, seen = _hebbian(before, first.inputs[number], activity, inputs)  # type: ignore[arg-type]
+        updates[number] = _apply(layers[number], delta, seen, n, conv_scale, scale, keep_updates)
         first.activities[number] = None
 
     context = forward_context() if forward_context is not None else contextlib.nullcontext()
@@ -401,19 +427,20 @@ def run_modulated_pass(
             "PEPITA's modulated pass did not reach the last layer. HINT: every block must pass its output to the next."
         )
     last_input, last_activity = last_seen
-    module = layers[last].module
     if variant == "pepita":
         if output_error == "first":
             delta = error
         else:
             delta = output_terms(modulated_output.detach(), target)[0] - onehot
-        update = layer_update(module, delta.reshape(last_activity.shape), last_input, conv_scale)
+        delta, seen = delta.reshape(last_activity.shape), last_input
     else:
-        hebb = layer_update(module, prediction.reshape(last_activity.shape), first.inputs[last], conv_scale)  # type: ignore[arg-type]
-        anti = layer_update(module, onehot.reshape(last_activity.shape), last_input, conv_scale)
-        update = [a - b for a, b in zip(hebb, anti)]
-    updates[last] = [u / n for u in update]
-    _write(layers[last], updates[last], scale)
+        delta, seen = _hebbian(
+            prediction.reshape(last_activity.shape),
+            first.inputs[last],  # type: ignore[arg-type]
+            onehot.reshape(last_activity.shape),
+            last_input,
+        )
+    updates[last] = _apply(layers[last], delta, seen, n, conv_scale, scale, keep_updates)
     first.activities[last] = None
     return PepitaResult(
         output=first.output,
@@ -439,6 +466,7 @@ def pepita_backward(
     variant: Variant = "pepita",
     conv_scale: ConvScale = "sum",
     scale: Callable[[Tensor], Tensor] | None = None,
+    keep_updates: bool = True,
 ) -> PepitaResult:
     """One PEPITA step: both passes, and every layer's update added to ``.grad`` (then step your optimizer).
 
@@ -455,6 +483,7 @@ def pepita_backward(
         variant: ``"pepita"`` or ``"hebbian"``.
         conv_scale: the normalisation of convolution updates over output positions.
         scale: applied to every update before it is added to ``.grad``.
+        keep_updates: return a copy of every update in the result (``False`` saves the copies).
 
     Returns:
         The step's outputs, error and updates (:class:`PepitaResult`).
@@ -475,7 +504,7 @@ def pepita_backward(
         first = record_first_pass(blocks, taps, x, keep_inputs=variant == "hebbian")
         return run_modulated_pass(
             blocks, taps, first, target, feedback, output_error=output_error, variant=variant,
-            conv_scale=conv_scale, scale=scale,
+            conv_scale=conv_scale, scale=scale, keep_updates=keep_updates,
         )
     finally:
         taps.remove()
@@ -509,15 +538,14 @@ def pepita_time_local(
         first = record_first_pass(blocks, taps, x, keep_inputs=True)
         n = x.shape[0]
         prediction, onehot = output_terms(first.output, target)
+        last = len(layers) - 1
         hebbian: list[list[Tensor]] = []
         for number, layer in enumerate(layers):
-            activity = first.activities[number]
-            inputs = first.inputs[number]
+            activity, inputs = first.activities[number], first.inputs[number]
             assert activity is not None and inputs is not None
-            if number == len(layers) - 1:
+            if number == last:
                 activity = prediction.reshape(activity.shape)
-            hebbian.append([u / n for u in layer_update(layer.module, activity, inputs, conv_scale)])
-            _write(layer, hebbian[-1], None)
+            hebbian.append(_apply(layer, activity, inputs, n, conv_scale, None, keep=True))
         step()
         error = prediction - onehot
         x_err = modulated_input(first.x, feedback, error)
@@ -531,10 +559,9 @@ def pepita_time_local(
             before = first.activities[number]
             assert activity is not None and inputs is not None and before is not None
             modulation.append(_rms(before - activity))
-            if number == len(layers) - 1:
+            if number == last:
                 activity = onehot.reshape(activity.shape)
-            anti = [-u / n for u in layer_update(layer.module, activity, inputs, conv_scale)]
-            _write(layer, anti, None)
+            anti = _apply(layer, -activity, inputs, n, conv_scale, None, keep=True)
             updates.append([a + b for a, b in zip(hebbian[number], anti)])
         step()
         return PepitaResult(

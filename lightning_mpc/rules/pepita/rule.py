@@ -204,7 +204,7 @@ class PEPITARule(CreditRule):
         self.layers: list[PepitaLayer] = []
         self.feedback: FeedbackProjection | None = None
         self.last_result: PepitaResult | None = None
-        """The last step's outputs, error, updates and modulation (for inspection and tests)."""
+        """The last step's outputs, error and modulation (its updates only on alignment steps)."""
         self._blocks: list[nn.Module] = []
         self._taps: ActivityTaps | None = None
         self._trainer: Any = None
@@ -370,6 +370,7 @@ class PEPITARule(CreditRule):
         if train:
             record = first.recorder.result(first.x, first.output, first.random_state)
             held = record.held_bytes()
+            probe = bool(observer is not None and self.alignment_every and self._steps % self.alignment_every == 0)
             result = run_modulated_pass(
                 self._blocks,
                 self._taps,
@@ -382,13 +383,14 @@ class PEPITARule(CreditRule):
                 scale=step.scale,
                 forward_context=self._forward_context,
                 observer=observer,
+                keep_updates=probe,
             )
             self.last_result = result
             if observer is not None:
                 self._emit("held_bytes", None, float(held))
                 for layer, value in zip(self.layers, result.modulation):
                     self._emit("modulation", layer.block, value)
-                if self.alignment_every and self._steps % self.alignment_every == 0:
+                if probe:
                     self._emit_alignment(first.x, result, step, first.random_state)
             self._grad_ready([p for layer in self.layers for p in layer.parameters])
         if mirror and self.mirror_steps:
