@@ -26,6 +26,7 @@ Usage::
     python benchmarks/pepita.py                          # 10 epochs per method; prints the Markdown table
     python benchmarks/pepita.py --epochs 1 --limit 512   # a quick look
     python benchmarks/pepita.py --methods pepita,bp --lr 0.05 --json /tmp/pepita.json
+    python benchmarks/pepita.py --seeds 0,1,2            # accuracy as mean and range over three seeds
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import shlex
 import statistics
 import sys
@@ -53,6 +53,8 @@ from lightning_mpc import MPCStrategy, PEPITARule, RealMemoryMeter, RuleStrategy
 from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.demo import StepTimer, quiet_lightning
 from lightning_mpc.recipes import ClassificationData, DropoutMLP
+
+from frontier import machine_line  # benchmarks/ is on sys.path when this script runs
 
 MIB = 2**20
 METHODS = ("bp", "fa", "pepita", "pepita_mirror", "pepita_hebbian", "mpc")
@@ -163,6 +165,7 @@ class Result:
     accuracy: float
     epoch_accuracy: list[float]
     fit_s: float
+    seed_accuracy: list[float]
     real_bytes: int
     saved_bytes: int
     ratios: list[float] = field(default_factory=list)
@@ -234,7 +237,17 @@ def _trainer(args: argparse.Namespace, strategy: Any, callbacks: list[Callback],
 
 
 def train_and_evaluate(args: argparse.Namespace, method: str) -> Result:
-    """Train a fresh model with ``method`` for ``args.epochs`` epochs; accuracy, memory and angles."""
+    """Train fresh models with ``method`` for ``args.epochs`` epochs, once per seed; accuracy, memory and angles.
+
+    Memory, angles and the per-epoch curve are those of the first seed.
+    """
+    first = _train_once(args, method)
+    for seed in args.seeds[1:]:
+        first.seed_accuracy.append(_train_once(argparse.Namespace(**{**vars(args), "seed": seed}), method).accuracy)
+    return first
+
+
+def _train_once(args: argparse.Namespace, method: str) -> Result:
     model = _model(args, method)
     observer = AngleLog() if method.startswith("pepita") else None
     memory, accuracy = StepMemory(), EpochAccuracy()
@@ -258,6 +271,7 @@ def train_and_evaluate(args: argparse.Namespace, method: str) -> Result:
         real_bytes=memory.real_bytes,
         saved_bytes=memory.saved_bytes,
         angles=angles,
+        seed_accuracy=[float(metrics[0]["test/acc"])],
     )
 
 
@@ -272,32 +286,21 @@ def time_steps(args: argparse.Namespace, method: str) -> float:
 
 
 # --------------------------------------------------------------------------- reporting
-def machine_line(args: argparse.Namespace) -> str:
-    """Processor, cores, torch version and threads of this run."""
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        processor = names[0] if names else processor
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU only"
-    return (
-        f"{processor}, {device}; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"lightning {L.__version__}; {torch.get_num_threads()} torch thread(s)"
-    )
-
-
 def table(results: Sequence[Result]) -> str:
     """The Markdown table; ratios are to back-propagation (the first row when it ran)."""
     bp = next((r for r in results if r.method == "bp"), results[0])
+    seeds = len(results[0].seed_accuracy)
+    spread = f" (mean of {seeds} seeds, min-max)" if seeds > 1 else ""
     lines = [
-        "| method | eval accuracy (%) | epoch time / BP | real step memory (MiB) | memory / BP | saved for backward (MiB) |",
+        f"| method | eval accuracy (%){spread} | epoch time / BP | real step memory (MiB) | memory / BP | "
+        "saved for backward (MiB) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        values = [100 * a for a in r.seed_accuracy]
+        shown = f"{statistics.fmean(values):.2f}" + (f" ({min(values):.2f}-{max(values):.2f})" if seeds > 1 else "")
         lines.append(
-            f"| {LABELS[r.method]} | {100 * r.accuracy:.2f} | {r.time_ratio / bp.time_ratio:.2f} | "
+            f"| {LABELS[r.method]} | {shown} | {r.time_ratio / bp.time_ratio:.2f} | "
             f"{r.real_bytes / MIB:.2f} | {r.real_bytes / bp.real_bytes:.2f} | {r.saved_bytes / MIB:.2f} |"
         )
     return "\n".join(lines)
@@ -341,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pre-mirror-epochs", type=int, default=0, help="mirroring-only epochs (default: 0)")
     parser.add_argument("--alignment-every", type=int, default=25, help="steps between BP-angle probes")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds of the accuracy runs (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="digits per split (smoke runs)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (default: %(default)s)")
     parser.add_argument("--timing-steps", type=int, default=30, help="timed steps per method and round")
@@ -354,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; returns the exit code."""
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
+    args.seed = args.seeds[0]
     args.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     raw = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python benchmarks/pepita.py", *(shlex.quote(a) for a in raw)])
@@ -363,9 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = []
         for method in args.methods:
             result = train_and_evaluate(args, method)
-            print(f"{LABELS[method]}: {100 * result.accuracy:.2f} % after {args.epochs} epochs "
-                  f"(per epoch: {', '.join(f'{100 * a:.2f}' for a in result.epoch_accuracy)}); fit {result.fit_s:.0f} s",
-                  flush=True)
+            print(
+                f"{LABELS[method]}: {', '.join(f'{100 * a:.2f}' for a in result.seed_accuracy)} % after {args.epochs} "
+                f"epochs (seed {args.seed} per epoch: {', '.join(f'{100 * a:.2f}' for a in result.epoch_accuracy)}); "
+                f"fit {result.fit_s:.0f} s",
+                flush=True,
+            )
             results.append(result)
         for _ in range(args.rounds):
             times = {r.method: time_steps(args, r.method) for r in results}

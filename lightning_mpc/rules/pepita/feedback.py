@@ -135,8 +135,9 @@ def mirror_angles(layers: Sequence[nn.Module], factors: Sequence[Tensor]) -> lis
     """The angle in degrees between every factor ``B_l`` and ``W_l^T`` (0: mirrored, 90: unrelated)."""
     angles = []
     for weight, factor in zip(_linear_weights(layers), factors):
-        a, b = factor.double().flatten(), weight.detach().double().T.flatten()
-        cos = float(a @ b) / max(float(a.norm() * b.norm()), 1e-300)
+        a, b = factor.flatten(), weight.detach().T.reshape(-1).to(factor.dtype)
+        dot, norms = torch.stack([a @ b, a.norm() * b.norm()]).double().tolist()
+        cos = dot / max(norms, 1e-300)
         angles.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
     return angles
 

@@ -408,12 +408,13 @@ def run_modulated_pass(
     def sink(number: int, inputs: Tensor, activity: Tensor) -> None:
         before = first.activities[number]
         assert before is not None, f"layer {number} reported twice in the modulated pass"
-        modulation[number] = _rms(before - activity)
+        difference = before - activity
+        modulation[number] = _rms(difference)
         if number == last:
             last_seen[:] = [inputs.detach(), activity.detach()]
             return
         if variant == "pepita":
-            delta, seen = before - activity, inputs
+            delta, seen = difference, inputs
         else:
             delta, seen = _hebbian(before, first.inputs[number], activity, inputs)  # type: ignore[arg-type]
         updates[number] = _apply(layers[number], delta, seen, n, conv_scale, scale, keep_updates)
