@@ -13,8 +13,9 @@ momentum 0.9, batch 64, on the first 8,000 bundled digits; the last 2,000 evalua
 * ``mpc``: ``MPCStrategy(horizon=1)`` (the hidden block learns from a linear local head).
 
 Per method: the evaluation accuracy after ``--epochs`` epochs; the real memory of one training step (the
-allocator's peak above what was allocated before the step, :class:`lightning_mpc.RealMemoryMeter`, step 3) and,
-as a breakdown, the bytes saved for backward (:class:`lightning_mpc.SavedTensorMeter`); the time per epoch
+allocator's peak above what was allocated before the step, :class:`lightning_mpc.RealMemoryMeter`, the third
+step of the first timing run, telemetry off) and, as a breakdown, the bytes saved for backward
+(:class:`lightning_mpc.SavedTensorMeter`); the time per epoch
 as a ratio to back-propagation's, from a separate timing phase in which the methods take turns (``--rounds``
 rounds of ``--timing-steps`` steps on fresh models; the ratio is taken within each round, so a shared machine's
 drift hits every method alike). For PEPITA it also logs the angle between its update and back-propagation's
@@ -78,9 +79,9 @@ class _FeedbackAlignedLinear(torch.autograd.Function):
         return x @ weight.T
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, None]:
         x, feedback = ctx.saved_tensors
-        return grad @ feedback, grad.T @ x, None
+        return (grad @ feedback if ctx.needs_input_grad[0] else None), grad.T @ x, None
 
 
 class FeedbackAlignmentLinear(nn.Linear):
@@ -166,8 +167,8 @@ class Result:
     epoch_accuracy: list[float]
     fit_s: float
     seed_accuracy: list[float]
-    real_bytes: int
-    saved_bytes: int
+    real_bytes: int = 0
+    saved_bytes: int = 0
     ratios: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     angles: dict[str, float] = field(default_factory=dict)
@@ -250,14 +251,13 @@ def train_and_evaluate(args: argparse.Namespace, method: str) -> Result:
 def _train_once(args: argparse.Namespace, method: str) -> Result:
     model = _model(args, method)
     observer = AngleLog() if method.startswith("pepita") else None
-    memory, accuracy = StepMemory(), EpochAccuracy()
-    trainer = _trainer(args, _strategy(args, method, observer), [memory, accuracy], max_epochs=args.epochs)
+    accuracy = EpochAccuracy()
+    trainer = _trainer(args, _strategy(args, method, observer), [accuracy], max_epochs=args.epochs)
     start = time.perf_counter()
     datamodule = _data(args)
     trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)
-    assert memory.real_bytes is not None and memory.saved_bytes is not None, "the memory step did not run"
     angles: dict[str, float] = {}
     if observer is not None:
         steps_per_epoch = observer.step // max(args.epochs, 1)
@@ -268,18 +268,20 @@ def _train_once(args: argparse.Namespace, method: str) -> Result:
         accuracy=float(metrics[0]["test/acc"]),
         epoch_accuracy=accuracy.values,
         fit_s=fit_s,
-        real_bytes=memory.real_bytes,
-        saved_bytes=memory.saved_bytes,
         angles=angles,
         seed_accuracy=[float(metrics[0]["test/acc"])],
     )
 
 
-def time_steps(args: argparse.Namespace, method: str) -> float:
-    """Median step time (s) of ``args.timing_steps`` steps of a fresh model, after 3 warm-up steps."""
+def time_steps(args: argparse.Namespace, method: str, memory: StepMemory | None = None) -> float:
+    """Median step time (s) of ``args.timing_steps`` steps of a fresh model, after 3 warm-up steps.
+
+    With ``memory``, its step (the third, not timed) is measured too; no telemetry runs here.
+    """
     timer = StepTimer(skip=3)
+    callbacks: list[Callback] = [timer] if memory is None else [timer, memory]
     trainer = _trainer(
-        args, _strategy(args, method), [timer], max_steps=args.timing_steps + 3, max_epochs=-1, limit_val_batches=0
+        args, _strategy(args, method), callbacks, max_steps=args.timing_steps + 3, max_epochs=-1, limit_val_batches=0
     )
     trainer.fit(_model(args, method), datamodule=_data(args))
     return timer.median_ms / 1000.0
@@ -374,8 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             results.append(result)
-        for _ in range(args.rounds):
-            times = {r.method: time_steps(args, r.method) for r in results}
+        for round_ in range(max(args.rounds, 1)):
+            memories = {r.method: StepMemory() for r in results} if round_ == 0 else {}
+            times = {r.method: time_steps(args, r.method, memories.get(r.method)) for r in results}
+            for r in results:
+                if r.method in memories:
+                    memory = memories[r.method]
+                    assert memory.real_bytes is not None and memory.saved_bytes is not None
+                    r.real_bytes, r.saved_bytes = memory.real_bytes, memory.saved_bytes
             reference = times.get("bp", next(iter(times.values())))
             for r in results:
                 r.step_s.append(times[r.method])

@@ -134,7 +134,11 @@ def _conv_input(layer: nn.Conv2d, inputs: Tensor) -> tuple[Tensor, Any]:
 
 
 def layer_update(
-    layer: nn.Linear | nn.Conv2d, activity: Tensor, inputs: Tensor, conv_scale: ConvScale = "sum"
+    layer: nn.Linear | nn.Conv2d,
+    activity: Tensor,
+    inputs: Tensor,
+    conv_scale: ConvScale = "sum",
+    factor: float = 1.0,
 ) -> list[Tensor]:
     """The outer product ``activity^T inputs`` summed over the batch, for the layer's weight and bias.
 
@@ -143,6 +147,7 @@ def layer_update(
         activity: a tensor shaped like the layer's output (a difference of activities, or an error).
         inputs: the layer's input.
         conv_scale: for a convolution, how the sum over output positions is normalised.
+        factor: multiplies the result (applied without allocating a second weight-sized tensor).
 
     Returns:
         One tensor per trainable parameter of ``layer``, weight first: ``activity^T inputs`` for the weight
@@ -164,15 +169,16 @@ def layer_update(
             updates.append(delta.sum(dim=(0, 2, 3)))
         positions = delta.shape[-2] * delta.shape[-1]
         divisor = {"sum": 1.0, "mean": float(positions), "sqrt": math.sqrt(positions)}[conv_scale]
-        if divisor != 1.0:
+        if factor / divisor != 1.0:
             for tensor in updates:
-                tensor.div_(divisor)
+                tensor.mul_(factor / divisor)
     else:
         delta2 = delta.reshape(-1, delta.shape[-1])
         if with_weight:
-            updates.append(delta2.T @ inputs.reshape(-1, inputs.shape[-1]))
+            inputs2 = inputs.reshape(-1, inputs.shape[-1])
+            updates.append(torch.addmm(weight.new_zeros(()), delta2.T, inputs2, beta=0, alpha=factor))
         if with_bias:
-            updates.append(delta2.sum(dim=0))
+            updates.append(delta2.sum(dim=0).mul_(factor))
     return updates
 
 
@@ -199,7 +205,7 @@ def _apply(
     keep: bool,
 ) -> list[Tensor]:
     """``layer_update(...) / n`` added to the layer's ``.grad``; returns copies when ``keep`` (else ``[]``)."""
-    update = layer_update(layer.module, activity / n, inputs, conv_scale)  # divide the small factor, not the product
+    update = layer_update(layer.module, activity, inputs, conv_scale, factor=1.0 / n)
     kept = [tensor.clone() for tensor in update] if keep else []
     _write(layer, update, scale)
     return kept
