@@ -348,8 +348,9 @@ class PepitaResult:
         output: the first pass's output.
         error: ``e``, the first pass's output error.
         modulated_output: the modulated pass's output.
-        updates: per layer, the tensors added to its parameters' ``.grad`` (before ``scale``), weight first.
-        modulation: per layer, the root mean square of ``h_l - h_l_err``.
+        updates: per layer, copies of the tensors added to its parameters' ``.grad`` (before ``scale``), weight
+            first; empty lists when the updates were not kept (``keep_updates=False``).
+        modulation: per layer, the root mean square of ``h_l - h_l_err`` (the last layer: of the logits).
     """
 
     output: Tensor
