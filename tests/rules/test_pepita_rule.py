@@ -232,3 +232,22 @@ def test_trainer_accepts_the_strategy_name() -> None:
     t.fit(module, loader(vector_data()))
     assert isinstance(t.strategy.rule, PEPITARule)
     assert t.global_step == 1
+
+
+def test_two_processes_equal_one_process_on_the_joint_batch() -> None:
+    """PEPITA's updates are batch means: averaged over two half batches they are the joint batch's."""
+    from torch.utils.data import DataLoader
+
+    from lightning_mpc import RuleDDPStrategy
+    from tests.lightning.helpers import RankShardSampler
+
+    samples, joint = 32, 8
+    data = vector_data(n=samples)
+    single, distributed = _module(), _module()
+    _fit(single, PEPITARule(), DataLoader(data, batch_size=joint), max_epochs=2)
+    shards = DataLoader(data, batch_size=joint // 2, sampler=RankShardSampler(samples, joint))
+    strategy = RuleDDPStrategy(rule=PEPITARule(), start_method="spawn", telemetry=False)
+    trainer(strategy=strategy, devices=2, max_epochs=2, use_distributed_sampler=False).fit(distributed, shards)
+    for (name, p), q in zip(distributed.net.named_parameters(), single.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert not torch.equal(single.net[0][0].weight, _module().net[0][0].weight)
