@@ -47,6 +47,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from frontier import machine_line  # benchmarks/ is on sys.path when this script runs
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
@@ -54,8 +55,6 @@ from lightning_mpc import MPCStrategy, PEPITARule, RealMemoryMeter, RuleStrategy
 from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.demo import StepTimer, quiet_lightning
 from lightning_mpc.recipes import ClassificationData, DropoutMLP
-
-from frontier import machine_line  # benchmarks/ is on sys.path when this script runs
 
 MIB = 2**20
 METHODS = ("bp", "fa", "pepita", "pepita_mirror", "pepita_hebbian", "mpc")
@@ -122,14 +121,18 @@ class StepMemory(Callback):
         self.saved_bytes: int | None = None
         self._meters: tuple[RealMemoryMeter, SavedTensorMeter] | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.at and self._meters is None and self.real_bytes is None:
             device = pl_module.device
             self._meters = (RealMemoryMeter(device), SavedTensorMeter(exclude=pl_module.parameters()))
             for meter in self._meters:
                 meter.__enter__()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._meters is not None:
             real, saved = self._meters
             saved.__exit__(None, None, None)
@@ -294,8 +297,10 @@ def table(results: Sequence[Result]) -> str:
     seeds = len(results[0].seed_accuracy)
     spread = f" (mean of {seeds} seeds, min-max)" if seeds > 1 else ""
     lines = [
-        f"| method | eval accuracy (%){spread} | epoch time / BP | real step memory (MiB) | memory / BP | "
-        "saved for backward (MiB) |",
+        (
+            f"| method | eval accuracy (%){spread} | epoch time / BP | real step memory (MiB) | memory / BP | "
+            "saved for backward (MiB) |"
+        ),
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -337,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated (default: all)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs per method (default: %(default)s)")
     parser.add_argument("--hidden", type=int, default=1024, help="hidden width (default: %(default)s)")
-    parser.add_argument("--dropout", type=float, default=0.1, help="dropout after the hidden layer (default: %(default)s)")
+    parser.add_argument(
+        "--dropout", type=float, default=0.1, help="dropout after the hidden layer (default: %(default)s)"
+    )
     parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: %(default)s)")
     parser.add_argument("--milestones", type=_ints, default=[], help="epochs dividing the lr by 10, e.g. 6,9")
     parser.add_argument("--normalize", action="store_true", help="normalise the pixels (default: 0..1, as the papers)")
@@ -346,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pre-mirror-epochs", type=int, default=0, help="mirroring-only epochs (default: 0)")
     parser.add_argument("--alignment-every", type=int, default=25, help="steps between BP-angle probes")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
-    parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds of the accuracy runs (default: 0)")
+    parser.add_argument(
+        "--seeds", type=_ints, default=[0], help="comma-separated seeds of the accuracy runs (default: 0)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="digits per split (smoke runs)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (default: %(default)s)")
     parser.add_argument("--timing-steps", type=int, default=30, help="timed steps per method and round")

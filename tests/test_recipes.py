@@ -140,7 +140,9 @@ def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
         assert type(cli.trainer.strategy.rule).__name__ == rule
 
 
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem in ("mnist_mlp", "pepita_mnist")], ids=lambda r: r.stem)
+@pytest.mark.parametrize(
+    "recipe", [r for r in RECIPES if r.stem in ("mnist_mlp", "pepita_mnist")], ids=lambda r: r.stem
+)
 def test_recipe_with_back_propagation(recipe: Path, tmp_path: Path) -> None:
     cli = _fit(recipe, tmp_path, "--trainer.strategy", "auto")
     _assert_trained(cli, None)

@@ -349,13 +349,27 @@ class ClassificationData(SplitDataModule):
         self.inner: MNISTData | CIFAR10Data
         if name == "cifar10":
             self.inner = CIFAR10Data(
-                data_dir=data_dir, download=download, batch_size=batch_size, num_workers=num_workers, augment=augment,
-                limit=limit, fake=fake, fake_size=fake_size, seed=seed, normalize=normalize,
+                data_dir=data_dir,
+                download=download,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                augment=augment,
+                limit=limit,
+                fake=fake,
+                fake_size=fake_size,
+                seed=seed,
+                normalize=normalize,
             )
         else:
             self.inner = MNISTData(
-                name=name, data_dir=data_dir, download=download, batch_size=batch_size, num_workers=num_workers,
-                limit=limit, seed=seed, normalize=normalize,
+                name=name,
+                data_dir=data_dir,
+                download=download,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                limit=limit,
+                seed=seed,
+                normalize=normalize,
             )
         self.num_classes = self.inner.num_classes
         self.dims = self.inner.dims

@@ -11,6 +11,7 @@ regression model.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Any
 
 import lightning as L
@@ -190,7 +191,7 @@ class DropoutMLP(_Classifier):
         widths = [in_features, *self.hidden]
         blocks: list[nn.Module] = [
             nn.Sequential(nn.Linear(w_in, w_out, bias=self.bias), nn.ReLU(), nn.Dropout(self.dropout))
-            for w_in, w_out in zip(widths[:-1], widths[1:])
+            for w_in, w_out in pairwise(widths)
         ]
         blocks.append(nn.Linear(widths[-1], self.num_classes, bias=self.bias))
         net = nn.Sequential(*blocks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -239,7 +240,7 @@ def test_first_layer_update_is_dfa_with_feedback_minus_w1_f_to_first_order() -> 
             dfa = ((result.error @ (-layer.weight @ feedback).T) * slope).T @ x / N
         errors.append(float((layer.weight.grad - dfa).norm() / dfa.norm()))
     assert errors[0] < 0.1, errors
-    for larger, smaller in zip(errors, errors[1:]):
+    for larger, smaller in pairwise(errors):
         assert 0.05 < smaller / larger < 0.2, f"relative error not linear in F's scale: {errors}"
 
 
@@ -356,7 +357,11 @@ def test_output_terms_for_classes_and_for_float_targets() -> None:
         ([nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU()), nn.Linear(4, 2)], ValueError, "BatchNorm1d"),
         ([nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 2)], ValueError, "LayerNorm"),
         ([nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)), nn.Linear(4, 2)], ValueError, "2 trainable"),
-        ([nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Sequential(nn.Linear(4, 2), nn.Softmax(1))], ValueError, "Softmax"),
+        (
+            [nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Sequential(nn.Linear(4, 2), nn.Softmax(1))],
+            ValueError,
+            "Softmax",
+        ),
         ([nn.Flatten(), nn.ReLU()], ValueError, "nothing to"),
         ([nn.Sequential(nn.Linear(4, 4), nn.PReLU()), nn.Linear(4, 2)], ValueError, "PReLU"),
         ([nn.TransformerEncoderLayer(4, 1), nn.Linear(4, 2)], TypeError, "nn.Sequential"),
@@ -390,7 +395,9 @@ def test_a_shared_activation_module_records_each_layer() -> None:
     """One nn.ReLU reused by two blocks is the tail of both layers; each layer still gets its own activity."""
     torch.manual_seed(0)
     relu = nn.ReLU()
-    net = nn.Sequential(nn.Sequential(nn.Linear(D, 5), relu), nn.Sequential(nn.Linear(5, 4), relu), nn.Linear(4, C)).double()
+    net = nn.Sequential(
+        nn.Sequential(nn.Linear(D, 5), relu), nn.Sequential(nn.Linear(5, 4), relu), nn.Linear(4, C)
+    ).double()
     twin = nn.Sequential(
         nn.Sequential(nn.Linear(D, 5), nn.ReLU()), nn.Sequential(nn.Linear(5, 4), nn.ReLU()), nn.Linear(4, C)
     ).double()
@@ -405,7 +412,9 @@ def test_a_shared_activation_module_records_each_layer() -> None:
 def test_in_place_activations_do_not_corrupt_the_record() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Sequential(nn.Linear(D, 5), nn.Tanh()), nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 4)), nn.Linear(4, C)
+        nn.Sequential(nn.Linear(D, 5), nn.Tanh()),
+        nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 4)),
+        nn.Linear(4, C),
     ).double()
     twin = nn.Sequential(
         nn.Sequential(nn.Linear(D, 5), nn.Tanh()), nn.Sequential(nn.ReLU(), nn.Linear(5, 4)), nn.Linear(4, C)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -174,7 +175,7 @@ class FeedbackProjection(nn.Module):
             self.register_buffer("matrix", torch.zeros(self.input_size, self.num_outputs))
             return
         sizes = [self.input_size, *self.hidden_sizes, self.num_outputs]
-        for index, (rows, cols) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for index, (rows, cols) in enumerate(pairwise(sizes)):
             self.register_buffer(f"factor_{index}", torch.zeros(rows, cols))
         std = feedback_std(self.input_size) if target_std is None else target_std
         self.register_buffer("target_std", torch.tensor(float(std), dtype=torch.float64))
@@ -211,7 +212,9 @@ class FeedbackProjection(nn.Module):
         for factor in self.factors:
             factor.copy_(torch.randn(factor.shape, generator=generator, dtype=torch.float64))
         normalize_factors(self.factors, target)
-        self.noise_state.copy_(torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator))).get_state())
+        self.noise_state.copy_(
+            torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator))).get_state()
+        )
 
     def weight(self) -> Tensor:
         """``F``: the matrix, or ``-B_1 B_2 ... B_L``."""
@@ -242,7 +245,12 @@ class FeedbackProjection(nn.Module):
         generator.set_state(self.noise_state.cpu())
         for _ in range(steps):
             mirror_step(
-                layers, self.factors, noise_std=noise_std, lr=lr, weight_decay=weight_decay, samples=samples,
+                layers,
+                self.factors,
+                noise_std=noise_std,
+                lr=lr,
+                weight_decay=weight_decay,
+                samples=samples,
                 generator=generator,
             )
         self.noise_state.copy_(generator.get_state())

@@ -91,7 +91,9 @@ def output_terms(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         ValueError: for any other pair of shapes or dtypes.
     """
     if not target.is_floating_point() and output.dim() == 2 and target.shape == output.shape[:1]:
-        prediction = torch.softmax(output, dim=1, dtype=torch.promote_types(output.dtype, torch.float32)).to(output.dtype)
+        prediction = torch.softmax(output, dim=1, dtype=torch.promote_types(output.dtype, torch.float32)).to(
+            output.dtype
+        )
         return prediction, F.one_hot(target.long(), output.shape[1]).to(output.dtype)
     if target.is_floating_point() and target.shape == output.shape:
         return output, target.to(output.dtype)
@@ -163,7 +165,9 @@ def layer_update(
         if with_weight:
             padded, padding = _conv_input(layer, inputs)
             updates.append(
-                torch.nn.grad.conv2d_weight(padded, weight.shape, delta, layer.stride, padding, layer.dilation, layer.groups)
+                torch.nn.grad.conv2d_weight(
+                    padded, weight.shape, delta, layer.stride, padding, layer.dilation, layer.groups
+                )
             )
         if with_bias:
             updates.append(delta.sum(dim=(0, 2, 3)))
@@ -213,7 +217,9 @@ def _apply(
 
 def _hebbian(before: Tensor, inputs_before: Tensor, after: Tensor, inputs_after: Tensor) -> tuple[Tensor, Tensor]:
     """``(activity, inputs)`` whose outer product is ``before^T inputs_before - after^T inputs_after`` (one product)."""
-    return torch.cat([before, -after.to(before.dtype)]), torch.cat([inputs_before, inputs_after.to(inputs_before.dtype)])
+    return torch.cat([before, -after.to(before.dtype)]), torch.cat(
+        [inputs_before, inputs_after.to(inputs_before.dtype)]
+    )
 
 
 def _rms(value: Tensor) -> Tensor:
@@ -511,8 +517,16 @@ def pepita_backward(
     try:
         first = record_first_pass(blocks, taps, x, keep_inputs=variant == "hebbian")
         return run_modulated_pass(
-            blocks, taps, first, target, feedback, output_error=output_error, variant=variant,
-            conv_scale=conv_scale, scale=scale, keep_updates=keep_updates,
+            blocks,
+            taps,
+            first,
+            target,
+            feedback,
+            output_error=output_error,
+            variant=variant,
+            conv_scale=conv_scale,
+            scale=scale,
+            keep_updates=keep_updates,
         )
     finally:
         taps.remove()
@@ -573,7 +587,10 @@ def pepita_time_local(
             updates.append([a + b for a, b in zip(hebbian[number], anti)])
         step()
         return PepitaResult(
-            output=first.output, error=error.detach(), modulated_output=modulated_output.detach(), updates=updates,
+            output=first.output,
+            error=error.detach(),
+            modulated_output=modulated_output.detach(),
+            updates=updates,
             modulation=_floats(modulation),
         )
     finally:

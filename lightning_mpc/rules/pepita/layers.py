@@ -122,7 +122,9 @@ def _refuse_stateful(module: nn.Module, index: int) -> None:
             f"PEPITA has no update for its affine parameters. HINT: remove the normalisation layers (the PEPITA "
             "papers' networks have none), or train this model with back-propagation or strategy='mpc'."
         )
-    raise ValueError(f"Block {index} holds a {name} with parameters or buffers, which PEPITA cannot train. {_HINT_SHAPE}")
+    raise ValueError(
+        f"Block {index} holds a {name} with parameters or buffers, which PEPITA cannot train. {_HINT_SHAPE}"
+    )
 
 
 def find_layers(blocks: Sequence[nn.Module]) -> list[PepitaLayer]:

@@ -45,7 +45,9 @@ FEEDBACK_ATTRIBUTE = "pepita_feedback"
 
 def _choice(name: str, value: str, choices: Sequence[str], hint: str) -> str:
     if value not in choices:
-        raise ValueError(f"PEPITARule: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}. HINT: {hint}")
+        raise ValueError(
+            f"PEPITARule: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}. HINT: {hint}"
+        )
     return value
 
 
@@ -181,7 +183,7 @@ class PEPITARule(CreditRule):
         self.conv_scale = cast(ConvScale, _choice("conv_scale", conv_scale, CONV_SCALES, "use 'sum'."))
         self.feedback_scale = _positive("feedback_scale", feedback_scale, "the authors use 0.05.")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"PEPITARule: seed must be an integer, got {seed!r}. HINT: pass seed=0.")
+            raise TypeError(f"PEPITARule: seed must be an integer, got {seed!r}. HINT: pass seed=0.")
         self.seed = seed
         self.mirror = bool(mirror)
         self.mirror_lr = _positive("mirror_lr", mirror_lr, "try 0.1.")
@@ -259,10 +261,11 @@ class PEPITARule(CreditRule):
         hidden = self._hidden_sizes(layers, input_size, num_outputs) if self.mirror else None
         module = context.module
         existing = getattr(module, FEEDBACK_ATTRIBUTE, None)
-        if (
-            isinstance(existing, FeedbackProjection)
-            and (existing.input_size, existing.num_outputs, existing.hidden_sizes) == (input_size, num_outputs, hidden)
-        ):
+        if isinstance(existing, FeedbackProjection) and (
+            existing.input_size,
+            existing.num_outputs,
+            existing.hidden_sizes,
+        ) == (input_size, num_outputs, hidden):
             feedback = existing  # built by an earlier fit, or restored from a checkpoint
         else:
             feedback = FeedbackProjection(input_size, num_outputs, hidden)
@@ -318,13 +321,19 @@ class PEPITARule(CreditRule):
         feedback = self.feedback
         if feedback is None:
             return {}
-        return {"input_size": feedback.input_size, "num_outputs": feedback.num_outputs, "hidden_sizes": feedback.hidden_sizes}
+        return {
+            "input_size": feedback.input_size,
+            "num_outputs": feedback.num_outputs,
+            "hidden_sizes": feedback.hidden_sizes,
+        }
 
     def restore_modules(self, module: nn.Module, state: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
         if getattr(module, FEEDBACK_ATTRIBUTE, None) is not None or "input_size" not in state:
             return
         feedback = FeedbackProjection(state["input_size"], state["num_outputs"], state.get("hidden_sizes"))
-        saved = checkpoint.get("state_dict", {}).get(f"{FEEDBACK_ATTRIBUTE}.{'matrix' if feedback.hidden_sizes is None else 'factor_0'}")
+        saved = checkpoint.get("state_dict", {}).get(
+            f"{FEEDBACK_ATTRIBUTE}.{'matrix' if feedback.hidden_sizes is None else 'factor_0'}"
+        )
         if isinstance(saved, Tensor):
             feedback = feedback.to(device=saved.device, dtype=saved.dtype)
         setattr(module, FEEDBACK_ATTRIBUTE, feedback)
@@ -417,7 +426,9 @@ class PEPITARule(CreditRule):
 
     def _emit_alignment(self, x: Tensor, result: PepitaResult, step: RuleStep, state: RandomState) -> None:
         """Angles between PEPITA's update and back-propagation's gradient, per block and over the network."""
-        by_param = {id(p): u for layer, updates in zip(self.layers, result.updates) for p, u in zip(layer.parameters, updates)}
+        by_param = {
+            id(p): u for layer, updates in zip(self.layers, result.updates) for p, u in zip(layer.parameters, updates)
+        }
         params = block_parameters(self._blocks)
         update = [[by_param.get(id(p)) for p in group] for group in params]
         reference = backprop_block_gradients(
