@@ -391,37 +391,30 @@ def test_find_layers_reads_tails_pooling_and_pass_through_blocks() -> None:
         find_layers([nn.Sequential(shared, nn.ReLU()), nn.Sequential(shared, nn.ReLU()), nn.Linear(4, 2)])
 
 
+def _assert_same_updates(net: nn.Sequential, twin: nn.Sequential) -> None:
+    """``net`` and ``twin`` (the same weights, plain modules) get identical PEPITA updates."""
+    twin.load_state_dict(net.state_dict())
+    x, y, feedback = _batch()
+    pepita_backward(net.double(), x, y, feedback)
+    pepita_backward(twin.double(), x, y, feedback)
+    for got, want in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
+
+
+def _plain(first: nn.Module, second: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Sequential(nn.Linear(D, 5), first), nn.Sequential(*second), nn.Linear(4, C))
+
+
 def test_a_shared_activation_module_records_each_layer() -> None:
     """One nn.ReLU reused by two blocks is the tail of both layers; each layer still gets its own activity."""
     torch.manual_seed(0)
     relu = nn.ReLU()
-    net = nn.Sequential(
-        nn.Sequential(nn.Linear(D, 5), relu), nn.Sequential(nn.Linear(5, 4), relu), nn.Linear(4, C)
-    ).double()
-    twin = nn.Sequential(
-        nn.Sequential(nn.Linear(D, 5), nn.ReLU()), nn.Sequential(nn.Linear(5, 4), nn.ReLU()), nn.Linear(4, C)
-    ).double()
-    twin.load_state_dict(net.state_dict())
-    x, y, feedback = _batch()
-    pepita_backward(net, x, y, feedback)
-    pepita_backward(twin, x, y, feedback)
-    for got, want in zip(net.parameters(), twin.parameters()):
-        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
+    net = _plain(relu, [nn.Linear(5, 4), relu])
+    _assert_same_updates(net, _plain(nn.ReLU(), [nn.Linear(5, 4), nn.ReLU()]))
 
 
 def test_in_place_activations_do_not_corrupt_the_record() -> None:
+    """An in-place ReLU at the start of a block would overwrite the previous layer's recorded activity."""
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Sequential(nn.Linear(D, 5), nn.Tanh()),
-        nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 4)),
-        nn.Linear(4, C),
-    ).double()
-    twin = nn.Sequential(
-        nn.Sequential(nn.Linear(D, 5), nn.Tanh()), nn.Sequential(nn.ReLU(), nn.Linear(5, 4)), nn.Linear(4, C)
-    ).double()
-    twin.load_state_dict(net.state_dict())
-    x, y, feedback = _batch()
-    pepita_backward(net, x, y, feedback)
-    pepita_backward(twin, x, y, feedback)
-    for got, want in zip(net.parameters(), twin.parameters()):
-        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
+    net = _plain(nn.Tanh(), [nn.ReLU(inplace=True), nn.Linear(5, 4)])
+    _assert_same_updates(net, _plain(nn.Tanh(), [nn.ReLU(), nn.Linear(5, 4)]))
