@@ -39,16 +39,22 @@ from lightning_mpc.rules import (
     get_rule,
     register_rule,
 )
+from lightning_mpc.rules.pint import PinTRule, ResidualStep, pint_backward, residual_mlp
+from lightning_mpc.rules.pint.strategy import PinTStrategy, register_pint_strategies as _register_pint_strategies
 
 __version__ = "0.2.0.dev0"
 
 _install_strategies()
+_register_pint_strategies()  # after the generic "pint" flag the rule registry installed
 
 __all__ = [
     "BlockSpan",
     "CreditRule",
     "MPCRule",
     "PEPITARule",
+    "PinTRule",
+    "PinTStrategy",
+    "ResidualStep",
     "RuleDDPStrategy",
     "RuleSetup",
     "RuleStep",
@@ -71,7 +77,9 @@ __all__ = [
     "horizon_backward",
     "measure_peak",
     "partition",
+    "pint_backward",
     "profile_blocks",
+    "residual_mlp",
     "select_horizon",
     "target_depths",
 ]

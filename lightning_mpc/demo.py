@@ -9,7 +9,9 @@ back-propagation (Lightning's default strategy) and with :class:`~lightning_mpc.
 requested horizon and mode, then writes ``report.md`` (a table of evaluation accuracy, peak activation
 memory of one training step and median step time, each also as a ratio to back-propagation measured in
 the same process) and ``report.png`` into ``--out``, and prints the table. Each run also logs to a
-``CSVLogger`` under ``--out/logs``.
+``CSVLogger`` under ``--out/logs``. One more MPC run (horizon ``T/2`` when requested), with its per-block
+telemetry on and outside the measured table, gives ``--out/dashboard/report.html`` and
+``dashboard-mpc.png``: what ``lightning-mpc report`` draws (loss, memory, alignment and time per block).
 
 The split is fixed: the first 8,000 bundled digits train, the last 2,000 evaluate (see
 ``lightning_mpc/data/README.md``).
@@ -38,8 +40,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_mpc.core.memory import SavedTensorMeter
 from lightning_mpc.core.schedule import MODES
 from lightning_mpc.data import EVAL_SIZE, TRAIN_SIZE, BundledMNIST
-from lightning_mpc.lightning import MPCStrategy
+from lightning_mpc.lightning import MPCStrategy, MPCTelemetry
 from lightning_mpc.recipes.models import MLPClassifier
+from lightning_mpc.report import Report
+from lightning_mpc.report import write_report as write_run_report
 
 __all__ = [
     "DemoMLP",
@@ -49,6 +53,7 @@ __all__ = [
     "build_parser",
     "main",
     "quiet_lightning",
+    "run_dashboard",
     "run_one",
     "write_plot",
     "write_report",
@@ -204,20 +209,9 @@ def run_one(
     model = DemoMLP()
     memory = PeakActivationMemory()
     timer = StepTimer()
-    batches = -(-min(TRAIN_SIZE, limit or TRAIN_SIZE) // batch_size)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        strategy="auto" if horizon is None else MPCStrategy(horizon=horizon, mode=mode, telemetry=False),  # type: ignore[arg-type]
-        max_epochs=epochs,
-        logger=CSVLogger(save_dir=str(out), name="logs", version=name),
-        callbacks=[_progress_bar(), memory, timer],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(10, batches)),
-        deterministic=True,
-    )
+    strategy = "auto" if horizon is None else MPCStrategy(horizon=horizon, mode=mode, telemetry=False)  # type: ignore[arg-type]
+    batches = _batches(limit, batch_size)
+    trainer = _trainer(strategy, [memory, timer], name=name, epochs=epochs, batches=batches, out=out)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
@@ -233,6 +227,52 @@ def run_one(
         step_ms=timer.median_ms,
         fit_s=fit_s,
     )
+
+
+def _batches(limit: int | None, batch_size: int) -> int:
+    return -(-min(TRAIN_SIZE, limit or TRAIN_SIZE) // batch_size)
+
+
+def _trainer(strategy: Any, callbacks: list[Callback], *, name: str, epochs: int, batches: int, out: Path) -> L.Trainer:
+    """The demo's Trainer: CPU, one device, CSV logs in ``out/logs/<name>``, logged every 10 steps (or fewer)."""
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=strategy,
+        max_epochs=epochs,
+        logger=CSVLogger(save_dir=str(out), name="logs", version=name),
+        callbacks=[_progress_bar(), *callbacks],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(10, batches)),
+        deterministic=True,
+    )
+
+
+def run_dashboard(
+    horizon: int, mode: str, *, epochs: int, batch_size: int, seed: int, limit: int | None, out: Path
+) -> Report:
+    """Train the MPC run once more with its per-block telemetry on, and draw its report into ``out/dashboard``.
+
+    Kept apart from the measured runs: telemetry times every block on the steps it logs and counts saved
+    tensors with hooks that a second meter cannot share, so the table's figures come from runs without it.
+
+    Returns:
+        The report (``out/dashboard/report.html`` and ``dashboard-mpc.png``).
+    """
+    name = f"mpc_{mode}_h{horizon}_telemetry"
+    L.seed_everything(seed, workers=True, verbose=False)
+    batches = _batches(limit, batch_size)
+    telemetry = MPCTelemetry(alignment_every=2 * max(1, min(10, batches)))
+    strategy = MPCStrategy(horizon=horizon, mode=mode, telemetry=telemetry)  # type: ignore[arg-type]
+    trainer = _trainer(strategy, [], name=name, epochs=epochs, batches=batches, out=out)
+    trainer.fit(DemoMLP(), datamodule=BundledMNIST(batch_size=batch_size, limit=limit, shuffle_seed=seed))
+    title = (
+        f"Per-block telemetry: {NUM_BLOCKS}-block MLP, bundled MNIST, MPCStrategy(horizon={horizon}, mode={mode!r}), "
+        f"{epochs} epoch(s)"
+    )
+    return write_run_report(out / "logs" / name, out / "dashboard", title=title)
 
 
 # ------------------------------------------------------------------------- report
@@ -280,6 +320,7 @@ def write_report(
     args: argparse.Namespace,
     command: str,
     total_s: float,
+    dashboard: Report | None = None,
 ) -> str:
     """Write ``report.md`` and return its table.
 
@@ -289,8 +330,29 @@ def write_report(
         args: the parsed command line.
         command: the command line, for reproduction.
         total_s: wall time of the whole demo so far.
+        dashboard: the per-block report of the telemetry run, linked from the page when given.
     """
     table = _table(results)
+    per_block: list[str] = []
+    if dashboard is not None:
+
+        def link(file: Path) -> str:
+            return file.relative_to(path.parent).as_posix()
+
+        per_block = [
+            "## Per-block telemetry",
+            "",
+            (
+                f"One more MPC run with `MPCTelemetry` on, logged to `{link(dashboard.run.folder)}` (not part of "
+                "the table above): the local loss of each block's head, the activation bytes each window holds "
+                "against back-propagation, the cosine of each block's update with the true gradient, and the time "
+                f"per block. [{link(dashboard.html)}]({link(dashboard.html)}) is the same as one self-contained "
+                "page; `lightning-mpc report` draws it from any run."
+            ),
+            "",
+            *(f"![Per-block telemetry, {prefix}]({link(png)})" for prefix, png in dashboard.figures.items()),
+            "",
+        ]
     train = min(TRAIN_SIZE, args.limit or TRAIN_SIZE)
     evaluation = min(EVAL_SIZE, args.limit or EVAL_SIZE)
     limited = " (**smoke run**: --limit cut both splits)" if args.limit else ""
@@ -304,6 +366,7 @@ def write_report(
             "",
             *_accuracy_verdicts(results, args.modes),
             "",
+            *per_block,
             "## Setup",
             "",
             f"- Command: `{command}`",
@@ -492,9 +555,20 @@ def _run(args: argparse.Namespace, command: str, start: float) -> int:
         for horizon in args.horizons:
             results.append(run_one(horizon, mode, **common))  # type: ignore[arg-type]
 
+    half = NUM_BLOCKS // 2
+    dashboard = run_dashboard(
+        half if half in args.horizons else max(args.horizons),
+        args.modes[0],
+        **common,  # type: ignore[arg-type]
+    )
     write_plot(out / "report.png", results)
     table = write_report(
-        out / "report.md", results, args=args, command=command, total_s=time.perf_counter() - start
+        out / "report.md",
+        results,
+        args=args,
+        command=command,
+        total_s=time.perf_counter() - start,
+        dashboard=dashboard,
     )
     (out / "results.csv").write_text(
         "\n".join(
@@ -509,7 +583,8 @@ def _run(args: argparse.Namespace, command: str, start: float) -> int:
     print()
     for line in _accuracy_verdicts(results, args.modes):
         print(line)
-    print(f"\nWrote {out / 'report.md'} and {out / 'report.png'} in {time.perf_counter() - start:.1f} s.")
+    wrote = f"{out / 'report.md'}, {out / 'report.png'} and {dashboard.html}"
+    print(f"\nWrote {wrote} in {time.perf_counter() - start:.1f} s.")
     return 0
 
 

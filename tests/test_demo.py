@@ -36,6 +36,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert (tmp_path / "logs" / "bp" / "metrics.csv").is_file()
     assert (tmp_path / "logs" / "mpc_sliding_h2" / "metrics.csv").is_file()
+    # the per-block report of one more MPC run with telemetry (h = T/2 was not requested: the largest, 2)
+    assert (tmp_path / "logs" / "mpc_sliding_h2_telemetry" / "metrics.csv").is_file()
+    assert (tmp_path / "dashboard" / "dashboard-mpc.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    page = (tmp_path / "dashboard" / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page and "<th>loss (last)</th>" in page
+    assert "## Per-block telemetry" in report and "](dashboard/dashboard-mpc.png)" in report
 
 
 @pytest.mark.parametrize("argv", [["--horizons", "0"], ["--horizons", "a,b"], ["--modes", "diagonal"]])

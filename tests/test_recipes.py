@@ -18,7 +18,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_mpc import MPCStrategy, RuleStrategy
+from lightning_mpc import MPCStrategy, PinTStrategy, RuleStrategy
 from lightning_mpc.cli import MPCLightningCLI, main, run_cli
 from lightning_mpc.data import load_bundled_mnist
 from lightning_mpc.recipes import (
@@ -34,6 +34,12 @@ from lightning_mpc.recipes import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+STRATEGIES = {
+    "lightning_mpc.MPCStrategy": MPCStrategy,
+    "lightning_mpc.PinTStrategy": PinTStrategy,
+    "lightning_mpc.RuleStrategy": RuleStrategy,
+}
+"""The strategies recipes use, by class path."""
 
 # Per recipe: flags that make its data tiny and offline (a new recipe must add an entry here).
 TINY = {
@@ -60,6 +66,7 @@ TINY = {
         "--data.num_workers",
         "0",
     ],
+    "pint_mnist_resmlp": ["--data.limit", "16", "--data.batch_size", "8"],
 }
 
 
@@ -119,7 +126,7 @@ def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
 
 
 def test_every_recipe_has_tiny_overrides() -> None:
-    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear"}
+    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear", "pint_mnist_resmlp"}
     missing = [r.name for r in RECIPES if r.stem not in TINY]
     assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
 
@@ -128,16 +135,17 @@ def test_every_recipe_has_tiny_overrides() -> None:
 def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     strategy = config["trainer"]["strategy"]
+    strategy_type = STRATEGIES[strategy["class_path"]]
     cli = _fit(recipe, tmp_path)
-    if strategy["class_path"] == "lightning_mpc.MPCStrategy":
-        _assert_trained(cli, MPCStrategy)
+    _assert_trained(cli, strategy_type)
+    if strategy_type is MPCStrategy:
         assert cli.trainer.strategy.horizon == strategy["init_args"]["horizon"]
         assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
-    else:  # another credit-assignment rule
-        assert strategy["class_path"] == "lightning_mpc.RuleStrategy"
-        _assert_trained(cli, RuleStrategy)
+    elif strategy_type is RuleStrategy:  # a registered rule given by class path
         rule = strategy["init_args"]["rule"]["class_path"].rsplit(".", 1)[-1]
         assert type(cli.trainer.strategy.rule).__name__ == rule
+    else:
+        assert cli.trainer.strategy.pint.iterations == strategy["init_args"]["iterations"]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 * :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/mnist_mlp.yaml`` (bundled digits by default).
 * :class:`ResNetClassifier` + :class:`CIFAR10Data`: ``recipes/cifar10_resnet18.yaml``.
 * :class:`DeepLinear` + :class:`LinearTeacherData`: ``recipes/deep_linear.yaml``.
+* :class:`ResidualMLPClassifier` + :class:`MNISTData`: ``recipes/pint_mnist_resmlp.yaml`` (parallel in time).
 * :class:`DropoutMLP` + :class:`ClassificationData`: ``recipes/pepita_mnist.yaml`` and ``recipes/pepita_cifar10.yaml``.
 """
 
@@ -13,7 +14,14 @@ from lightning_mpc.recipes.data import (
     LinearTeacherData,
     MNISTData,
 )
-from lightning_mpc.recipes.models import DeepLinear, DropoutMLP, MLPClassifier, ResNetClassifier, cifar_resnet
+from lightning_mpc.recipes.models import (
+    DeepLinear,
+    DropoutMLP,
+    MLPClassifier,
+    ResidualMLPClassifier,
+    ResNetClassifier,
+    cifar_resnet,
+)
 
 __all__ = [
     "CIFAR10Data",
@@ -25,5 +33,6 @@ __all__ = [
     "MLPClassifier",
     "MNISTData",
     "ResNetClassifier",
+    "ResidualMLPClassifier",
     "cifar_resnet",
 ]

@@ -1,4 +1,4 @@
-"""The LightningModules of the recipes: a deep MLP, a CIFAR ResNet-18 and the paper's deep linear network.
+"""The LightningModules of the recipes: a deep MLP, a residual MLP, a CIFAR ResNet-18 and a deep linear network.
 
 Every model here is an ordinary ``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its
 bases, so it trains unchanged under Lightning's default strategy (back-propagation) and under
@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mpc.lightning.mixin import MPCMixin
+from lightning_mpc.rules.pint.modules import residual_mlp
 
-__all__ = ["DeepLinear", "DropoutMLP", "MLPClassifier", "ResNetClassifier", "cifar_resnet"]
+__all__ = ["DeepLinear", "DropoutMLP", "MLPClassifier", "ResNetClassifier", "ResidualMLPClassifier", "cifar_resnet"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -66,7 +67,29 @@ class _Classifier(MPCMixin, L.LightningModule):
         return self(x).argmax(dim=-1)
 
 
-class MLPClassifier(_Classifier):
+class _FlatAdamClassifier(_Classifier):
+    """Inputs of any shape ``(batch, ...)`` flattened for ``self.net``; Adam over every parameter."""
+
+    lr: float
+    weight_decay: float
+
+    def _set_training(self, lr: float, weight_decay: float, num_classes: int) -> None:
+        """Adam's settings and the accuracy metrics."""
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of inputs of any shape ``(batch, ...)``."""
+        return self.net(x.flatten(1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over every parameter (under MPC this includes the local heads)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class MLPClassifier(_FlatAdamClassifier):
     """An MLP of ``num_blocks`` blocks: ``Linear + ReLU`` blocks, then a ``Linear`` to the classes.
 
     The blocks are the children of ``self.net`` (an ``nn.Sequential``), which is what
@@ -110,18 +133,48 @@ class MLPClassifier(_Classifier):
         blocks: list[nn.Module] = [nn.Sequential(nn.Linear(w_in, hidden), nn.ReLU()) for w_in in widths[:-1]]
         blocks.append(nn.Linear(hidden, num_classes))
         self.net = nn.Sequential(*blocks)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._set_training(lr, weight_decay, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits for a batch of inputs of any shape ``(batch, ...)``."""
-        return self.net(x.flatten(1))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over every parameter (under MPC this includes the local heads)."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+class ResidualMLPClassifier(_FlatAdamClassifier):
+    """A residual MLP read as an ODE: a stem, ``num_steps`` Euler steps of equal width, a linear classifier.
+
+    ``self.net`` is :func:`~lightning_mpc.rules.pint.residual_mlp`: ``Linear + Tanh`` to ``width``, then
+    ``num_steps`` blocks ``x + dt * tanh(W x + b)`` (:class:`~lightning_mpc.rules.pint.ResidualStep`,
+    ``dt = horizon / num_steps``), then ``Linear`` to the classes. The model of the ``pint_mnist_resmlp`` recipe,
+    trained parallel in time with ``strategy="pint"`` (or with back-propagation, or MPC, like any module here).
+
+    Args:
+        num_steps: ODE steps (at least 1).
+        width: the state's width.
+        horizon: the integration time ``T``.
+        in_features: flattened input size.
+        num_classes: number of classes.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+
+    Raises:
+        ValueError: for no step, a non-positive width or horizon, or fewer than 2 classes.
+    """
+
+    def __init__(
+        self,
+        num_steps: int = 16,
+        width: int = 128,
+        horizon: float = 4.0,
+        in_features: int = 28 * 28,
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(
+                f"ResidualMLPClassifier needs at least 2 classes, got {num_classes}. HINT: pass num_classes >= 2."
+            )
+        self.save_hyperparameters()
+        self.net = residual_mlp(num_steps, width, in_features, num_classes, horizon)
+        self._set_training(lr, weight_decay, num_classes)
 
 
 class DropoutMLP(_Classifier):

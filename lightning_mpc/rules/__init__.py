@@ -7,10 +7,12 @@ and ``name + "_ddp"`` where the rule allows data parallelism).
 from lightning_mpc.rules.base import CreditRule, GradReady, RuleSetup, RuleStep
 from lightning_mpc.rules.mpc import MPCRule
 from lightning_mpc.rules.pepita import PEPITARule
+from lightning_mpc.rules.pint import PinTRule
 from lightning_mpc.rules.registry import RULES, available_rules, build_rule, get_rule, register_rule
 
 register_rule(MPCRule)
 register_rule(PEPITARule)
+register_rule(PinTRule)
 
 __all__ = [
     "RULES",
@@ -18,6 +20,7 @@ __all__ = [
     "GradReady",
     "MPCRule",
     "PEPITARule",
+    "PinTRule",
     "RuleSetup",
     "RuleStep",
     "available_rules",

@@ -61,8 +61,9 @@ register_case(
         train_data=lambda: loader(vector_data()),
         reference_prediction=_plain_prediction,
         telemetry_keys=[
-            "pepita/block_00/forward_ms",
+            "pepita/block_02/forward_ms",
             "pepita/block_00/backward_ms",
+            "pepita/block_00/activation_bytes",
             "pepita/block_02/loss",
             "pepita/block_00/modulation",
             "pepita/block_01/bp_angle",
