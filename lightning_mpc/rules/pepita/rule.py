@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_mpc.core.alignment import gradient_alignment
 from lightning_mpc.core.hooks import BlockListener
 from lightning_mpc.core.isolation import RandomState
 from lightning_mpc.rules.base import CreditRule, RuleSetup, RuleStep
@@ -35,7 +36,7 @@ from lightning_mpc.rules.pepita.functional import (
     run_modulated_pass,
 )
 from lightning_mpc.rules.pepita.layers import ActivityTaps, PepitaLayer, find_layers
-from lightning_mpc.telemetry.probes import backprop_block_gradients, block_parameters, gradient_alignment
+from lightning_mpc.telemetry.probes import backprop_block_gradients, block_parameters
 
 __all__ = ["FEEDBACK_ATTRIBUTE", "PEPITARule"]
 
