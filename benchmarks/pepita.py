@@ -13,8 +13,8 @@ momentum 0.9, batch 64, on the first 8,000 bundled digits; the last 2,000 evalua
 * ``mpc``: ``MPCStrategy(horizon=1)`` (the hidden block learns from a linear local head).
 
 Per method: the evaluation accuracy after ``--epochs`` epochs; the real memory of one training step (the
-allocator's peak above what was allocated before the step, :class:`lightning_mpc.RealMemoryMeter`, the third
-step of the first timing run, telemetry off) and, as a breakdown, the bytes saved for backward
+allocator's peak above what the process held when the step began, :class:`lightning_mpc.RealMemoryMeter`,
+median of steps 3 to 8 of a separate run in which every step is measured, telemetry off) and, as a breakdown, the bytes saved for backward
 (:class:`lightning_mpc.SavedTensorMeter`); the time per epoch
 as a ratio to back-propagation's, from a separate timing phase in which the methods take turns (``--rounds``
 rounds of ``--timing-steps`` steps on fresh models; the ratio is taken within each round, so a shared machine's
@@ -113,20 +113,36 @@ def feedback_alignment(model: DropoutMLP, seed: int) -> DropoutMLP:
 
 # --------------------------------------------------------------------------- measuring
 class StepMemory(Callback):
-    """Real memory (allocator peak) and bytes saved for backward of one training step (``at``, 0-based)."""
+    """Real memory (allocator peak) and bytes saved for backward of every training step, from the first.
 
-    def __init__(self, at: int = 2) -> None:
-        self.at = at
-        self.real_bytes: int | None = None
-        self.saved_bytes: int | None = None
+    Every step is measured, so that a buffer a step replaces (the previous step's gradients, freed by
+    ``zero_grad``) was allocated inside a measurement and its release is counted: the figure is what the step
+    adds to what the process held when it began. The results are medians over the steps from ``skip`` on
+    (step 0 creates the optimizer state).
+    """
+
+    def __init__(self, steps: int = 8, skip: int = 2) -> None:
+        self.steps = set(range(steps))
+        self.skip = skip
+        self.real: list[int] = []
+        self.saved: list[int] = []
         self._meters: tuple[RealMemoryMeter, SavedTensorMeter] | None = None
+
+    @property
+    def real_bytes(self) -> int:
+        """Median real peak over the measured steps after ``skip``."""
+        return int(statistics.median(self.real[self.skip :]))
+
+    @property
+    def saved_bytes(self) -> int:
+        """Median peak of bytes saved for backward over the measured steps after ``skip``."""
+        return int(statistics.median(self.saved[self.skip :]))
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self.at and self._meters is None and self.real_bytes is None:
-            device = pl_module.device
-            self._meters = (RealMemoryMeter(device), SavedTensorMeter(exclude=pl_module.parameters()))
+        if trainer.global_step in self.steps and self._meters is None:
+            self._meters = (RealMemoryMeter(pl_module.device), SavedTensorMeter(exclude=pl_module.parameters()))
             for meter in self._meters:
                 meter.__enter__()
 
@@ -137,7 +153,8 @@ class StepMemory(Callback):
             real, saved = self._meters
             saved.__exit__(None, None, None)
             real.__exit__(None, None, None)
-            self.real_bytes, self.saved_bytes = real.peak_bytes, saved.peak_bytes
+            self.real.append(real.peak_bytes)
+            self.saved.append(saved.peak_bytes)
             self._meters = None
 
 
@@ -276,18 +293,22 @@ def _train_once(args: argparse.Namespace, method: str) -> Result:
     )
 
 
-def time_steps(args: argparse.Namespace, method: str, memory: StepMemory | None = None) -> float:
-    """Median step time (s) of ``args.timing_steps`` steps of a fresh model, after 3 warm-up steps.
-
-    With ``memory``, its step (the third, not timed) is measured too; no telemetry runs here.
-    """
+def time_steps(args: argparse.Namespace, method: str) -> float:
+    """Median step time (s) of ``args.timing_steps`` steps of a fresh model, after 3 warm-up steps."""
     timer = StepTimer(skip=3)
-    callbacks: list[Callback] = [timer] if memory is None else [timer, memory]
     trainer = _trainer(
-        args, _strategy(args, method), callbacks, max_steps=args.timing_steps + 3, max_epochs=-1, limit_val_batches=0
+        args, _strategy(args, method), [timer], max_steps=args.timing_steps + 3, max_epochs=-1, limit_val_batches=0
     )
     trainer.fit(_model(args, method), datamodule=_data(args))
     return timer.median_ms / 1000.0
+
+
+def measure_memory(args: argparse.Namespace, method: str) -> StepMemory:
+    """Real and saved-for-backward peaks of steps 3 to 8 of a fresh model (medians), telemetry off."""
+    memory = StepMemory()
+    trainer = _trainer(args, _strategy(args, method), [memory], max_steps=8, max_epochs=-1, limit_val_batches=0)
+    trainer.fit(_model(args, method), datamodule=_data(args))
+    return memory
 
 
 # --------------------------------------------------------------------------- reporting
@@ -385,14 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             results.append(result)
-        for round_ in range(max(args.rounds, 1)):
-            memories = {r.method: StepMemory() for r in results} if round_ == 0 else {}
-            times = {r.method: time_steps(args, r.method, memories.get(r.method)) for r in results}
-            for r in results:
-                if r.method in memories:
-                    memory = memories[r.method]
-                    assert memory.real_bytes is not None and memory.saved_bytes is not None
-                    r.real_bytes, r.saved_bytes = memory.real_bytes, memory.saved_bytes
+        for r in results:
+            memory = measure_memory(args, r.method)
+            r.real_bytes, r.saved_bytes = memory.real_bytes, memory.saved_bytes
+        for _ in range(args.rounds):
+            times = {r.method: time_steps(args, r.method) for r in results}
             reference = times.get("bp", next(iter(times.values())))
             for r in results:
                 r.step_s.append(times[r.method])

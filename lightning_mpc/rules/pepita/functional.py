@@ -122,8 +122,10 @@ def modulated_input(x: Tensor, feedback: Tensor, error: Tensor) -> Tensor:
             f"and the error {error.shape[-1]} outputs: F must be ({size}, {error.shape[-1]}). HINT: build F for this "
             "network's input and output sizes."
         )
-    projected = error.reshape(error.shape[0], -1).to(feedback.dtype) @ feedback.T
-    return x + projected.reshape(x.shape).to(x.dtype)
+    projected = (error.reshape(error.shape[0], -1).to(feedback.dtype) @ feedback.T).reshape(x.shape)
+    if projected.dtype == x.dtype:
+        return projected.add_(x)  # x + F e in the product's own buffer
+    return x + projected.to(x.dtype)
 
 
 def _conv_input(layer: nn.Conv2d, inputs: Tensor) -> tuple[Tensor, Any]:
@@ -224,7 +226,10 @@ def _hebbian(before: Tensor, inputs_before: Tensor, after: Tensor, inputs_after:
 
 def _rms(value: Tensor) -> Tensor:
     """Root mean square of ``value`` as a 0-d tensor (no device synchronisation)."""
-    return value.detach().float().pow(2).mean().sqrt() if value.numel() else value.new_zeros(())
+    if not value.numel():
+        return value.new_zeros(())
+    dtype = torch.promote_types(value.dtype, torch.float32)
+    return torch.linalg.vector_norm(value.detach(), dtype=dtype) / math.sqrt(value.numel())
 
 
 def _floats(values: Sequence[Tensor | None]) -> list[float]:
