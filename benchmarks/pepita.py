@@ -14,13 +14,13 @@ momentum 0.9, batch 64, on the first 8,000 bundled digits; the last 2,000 evalua
 
 Per method: the evaluation accuracy after ``--epochs`` epochs; the real memory of one training step (the
 allocator's peak above what the process held when the step began, :class:`lightning_mpc.RealMemoryMeter`,
-median of steps 3 to 8 of a separate run in which every step is measured, telemetry off) and, as a breakdown, the bytes saved for backward
-(:class:`lightning_mpc.SavedTensorMeter`); the time per epoch
-as a ratio to back-propagation's, from a separate timing phase in which the methods take turns (``--rounds``
-rounds of ``--timing-steps`` steps on fresh models; the ratio is taken within each round, so a shared machine's
-drift hits every method alike). For PEPITA it also logs the angle between its update and back-propagation's
-gradient per layer (every ``--alignment-every`` steps) and, with mirroring, the angle between every factor
-``B_l`` of ``F`` and ``W_l^T``.
+median of steps 3 to 8 of a separate run in which every step is measured, telemetry off) and, as a
+breakdown, the bytes saved for backward (:class:`lightning_mpc.SavedTensorMeter`); the time per epoch as a
+ratio to back-propagation's, from a separate timing phase in which the methods take turns (``--rounds``
+rounds of ``--timing-steps`` steps on fresh models; the ratio is taken within each round, so a shared
+machine's drift hits every method alike). For PEPITA it also logs the angle between its update and
+back-propagation's gradient per layer (every ``--alignment-every`` steps) and, with mirroring, the angle between
+every factor ``B_l`` of ``F`` and ``W_l^T``.
 
 Usage::
 

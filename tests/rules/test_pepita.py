@@ -418,3 +418,23 @@ def test_in_place_activations_do_not_corrupt_the_record() -> None:
     torch.manual_seed(0)
     net = _plain(nn.Tanh(), [nn.ReLU(inplace=True), nn.Linear(5, 4)])
     _assert_same_updates(net, _plain(nn.Tanh(), [nn.ReLU(), nn.Linear(5, 4)]))
+
+
+def test_at_the_authors_scale_the_hidden_update_is_an_order_smaller_than_backprop() -> None:
+    """784-1024-10 on 256 bundled digits at initialisation: |PEPITA's hidden update| ~ 0.08 |BP's gradient|
+    (quoted in docs/rules/pepita.md), while the output layer's update matches BP's gradient in size."""
+    from lightning_mpc.data import load_bundled_mnist
+    from lightning_mpc.recipes import DropoutMLP
+
+    images, labels = load_bundled_mnist()
+    x = torch.from_numpy(images[:256]).float().div(255).flatten(1)
+    y = torch.from_numpy(labels[:256]).long()
+    torch.manual_seed(0)
+    net = DropoutMLP(in_features=784, dropout=0.0).net
+    assert net is not None
+    pepita_backward(net, x, y, random_feedback(784, 10, generator=torch.Generator().manual_seed(0)))
+    updates = [p.grad.clone() for p in net.parameters()]
+    reference = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    hidden, output = (float(u.norm() / r.norm()) for u, r in zip(updates, reference))
+    assert 0.05 < hidden < 0.12, hidden
+    assert 0.9 < output < 1.1, output
