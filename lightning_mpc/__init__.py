@@ -33,6 +33,7 @@ from lightning_mpc.lightning.registration import install as _install_strategies
 from lightning_mpc.rules import (
     CreditRule,
     MPCRule,
+    PEPITARule,
     RuleSetup,
     RuleStep,
     TPRule,
@@ -52,6 +53,7 @@ __all__ = [
     "BlockSpan",
     "CreditRule",
     "MPCRule",
+    "PEPITARule",
     "PinTRule",
     "PinTStrategy",
     "ResidualStep",
