@@ -119,6 +119,7 @@ class RuleRow:
 
 RULE_METHODS: dict[str, RuleRow] = {
     "pint": RuleRow(lambda make: rule_method("pint", "PinT (2 slabs, 1 sweep)", make), models=("residual-mlp",)),
+    "pepita": RuleRow(lambda make: rule_method("pepita", "PEPITA", make), models=("mlp",)),
 }
 """The frontier rows of the registered rules, by name. Adding a rule to the frontier is one entry, e.g.::
 

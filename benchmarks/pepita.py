@@ -47,13 +47,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from frontier import machine_line  # benchmarks/ is on sys.path when this script runs
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_mpc import MPCStrategy, PEPITARule, RealMemoryMeter, RuleStrategy, SavedTensorMeter
 from lightning_mpc.core.observer import EngineObserver
-from lightning_mpc.demo import StepTimer, quiet_lightning
+from lightning_mpc.bench import StepTimer, machine_line, quiet_lightning
 from lightning_mpc.recipes import ClassificationData, DropoutMLP
 
 MIB = 2**20
@@ -422,9 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print()
     print(f"Command: `{command}`")
-    print(f"Machine: {machine_line(args)}; whole run {time.perf_counter() - start:.0f} s.")
+    print(f"Machine: {machine_line('cuda' if args.accelerator == 'gpu' else None)}; whole run {time.perf_counter() - start:.0f} s.")
     if args.json is not None:
-        payload = {"command": command, "machine": machine_line(args), "results": [asdict(r) for r in results]}
+        payload = {"command": command, "machine": machine_line('cuda' if args.accelerator == 'gpu' else None), "results": [asdict(r) for r in results]}
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return 0
 
