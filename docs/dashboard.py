@@ -71,7 +71,7 @@ def train(
 
     from lightning_mpc import MPCStrategy, MPCTelemetry
     from lightning_mpc.data import BundledMNIST
-    from lightning_mpc.demo import DemoMLP
+    from lightning_mpc.recipes import MLPClassifier
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -95,7 +95,7 @@ def train(
                 enable_model_summary=False,
                 enable_checkpointing=False,
             )
-            trainer.fit(DemoMLP(), BundledMNIST(batch_size=batch_size, limit=limit, shuffle_seed=seed))
+            trainer.fit(MLPClassifier(), BundledMNIST(batch_size=batch_size, limit=limit, shuffle_seed=seed))
         finally:
             wandb_logger.experiment.finish()
             torch.set_num_threads(threads)

@@ -2,7 +2,8 @@
 
 ``import lightning_mpc`` registers every shipped credit-assignment rule as a strategy flag:
 ``Trainer(strategy="mpc")`` (horizon-truncated, model-predictive-control training) and
-``Trainer(strategy="mpc_ddp")``, and likewise every other registered rule.
+``Trainer(strategy="mpc_ddp")``, target propagation over the time steps of an RNN (``Trainer(strategy="tp")``),
+and likewise every other registered rule.
 """
 
 from lightning_mpc.core import (
@@ -31,7 +32,17 @@ from lightning_mpc.lightning import (
     RuleStrategy,
 )
 from lightning_mpc.lightning.registration import install as _install_strategies
-from lightning_mpc.rules import CreditRule, MPCRule, RuleSetup, RuleStep, available_rules, get_rule, register_rule
+from lightning_mpc.rules import (
+    CreditRule,
+    MPCRule,
+    PEPITARule,
+    RuleSetup,
+    RuleStep,
+    TPRule,
+    available_rules,
+    get_rule,
+    register_rule,
+)
 from lightning_mpc.rules.pint import PinTRule, ResidualStep, pint_backward, residual_mlp
 from lightning_mpc.rules.pint.strategy import PinTStrategy, register_pint_strategies as _register_pint_strategies
 
@@ -44,6 +55,7 @@ __all__ = [
     "BlockSpan",
     "CreditRule",
     "MPCRule",
+    "PEPITARule",
     "PinTRule",
     "PinTStrategy",
     "ResidualStep",
@@ -51,6 +63,7 @@ __all__ = [
     "RuleSetup",
     "RuleStep",
     "RuleStrategy",
+    "TPRule",
     "available_rules",
     "get_rule",
     "register_rule",

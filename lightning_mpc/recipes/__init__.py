@@ -4,19 +4,41 @@
 * :class:`ResNetClassifier` + :class:`CIFAR10Data`: ``recipes/cifar10_resnet18.yaml``.
 * :class:`DeepLinear` + :class:`LinearTeacherData`: ``recipes/deep_linear.yaml``.
 * :class:`ResidualMLPClassifier` + :class:`MNISTData`: ``recipes/pint_mnist_resmlp.yaml`` (parallel in time).
+* :class:`RecurrentTask` + :class:`SequenceData`: ``recipes/tp_temporal_order.yaml``, ``recipes/tp_adding.yaml``
+  (target propagation, ``strategy="tp"``, or back-propagation through time).
+* :class:`DropoutMLP` + :class:`ClassificationData`: ``recipes/pepita_mnist.yaml`` and ``recipes/pepita_cifar10.yaml``.
 """
 
-from lightning_mpc.recipes.data import CIFAR10Data, DatasetUnavailableError, LinearTeacherData, MNISTData
-from lightning_mpc.recipes.models import DeepLinear, MLPClassifier, ResidualMLPClassifier, ResNetClassifier, cifar_resnet
+from lightning_mpc.data.sequences import SequenceData
+from lightning_mpc.recipes.data import (
+    CIFAR10Data,
+    ClassificationData,
+    DatasetUnavailableError,
+    LinearTeacherData,
+    MNISTData,
+)
+from lightning_mpc.recipes.models import (
+    DeepLinear,
+    DropoutMLP,
+    MLPClassifier,
+    RecurrentTask,
+    ResidualMLPClassifier,
+    ResNetClassifier,
+    cifar_resnet,
+)
 
 __all__ = [
     "CIFAR10Data",
+    "ClassificationData",
     "DatasetUnavailableError",
     "DeepLinear",
+    "DropoutMLP",
     "LinearTeacherData",
     "MLPClassifier",
     "MNISTData",
+    "RecurrentTask",
     "ResNetClassifier",
     "ResidualMLPClassifier",
+    "SequenceData",
     "cifar_resnet",
 ]
