@@ -29,7 +29,17 @@ from lightning_mpc.lightning import (
     RuleStrategy,
 )
 from lightning_mpc.lightning.registration import install as _install_strategies
-from lightning_mpc.rules import CreditRule, MPCRule, RuleSetup, RuleStep, available_rules, get_rule, register_rule
+from lightning_mpc.rules import (
+    CreditRule,
+    FFRule,
+    MPCRule,
+    RuleSetup,
+    RuleStep,
+    SFFRule,
+    available_rules,
+    get_rule,
+    register_rule,
+)
 
 __version__ = "0.2.0.dev0"
 
@@ -38,11 +48,13 @@ _install_strategies()
 __all__ = [
     "BlockSpan",
     "CreditRule",
+    "FFRule",
     "MPCRule",
     "RuleDDPStrategy",
     "RuleSetup",
     "RuleStep",
     "RuleStrategy",
+    "SFFRule",
     "available_rules",
     "get_rule",
     "register_rule",

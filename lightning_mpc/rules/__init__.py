@@ -5,18 +5,24 @@ and ``name + "_ddp"`` where the rule allows data parallelism).
 """
 
 from lightning_mpc.rules.base import CreditRule, GradReady, RuleSetup, RuleStep
+from lightning_mpc.rules.ff import FFRule
 from lightning_mpc.rules.mpc import MPCRule
 from lightning_mpc.rules.registry import RULES, available_rules, build_rule, get_rule, register_rule
+from lightning_mpc.rules.sff import SFFRule
 
 register_rule(MPCRule)
+register_rule(FFRule)
+register_rule(SFFRule)
 
 __all__ = [
     "RULES",
     "CreditRule",
+    "FFRule",
     "GradReady",
     "MPCRule",
     "RuleSetup",
     "RuleStep",
+    "SFFRule",
     "available_rules",
     "build_rule",
     "get_rule",
