@@ -202,6 +202,13 @@ class HorizonEngine:
                 "expected a Tensor. HINT: blocks must map one tensor to one tensor; wrap multi-output "
                 "modules so that they return a single tensor."
             )
+        if not (output.is_floating_point() or output.is_complex()):
+            raise TypeError(
+                f"Block {index} ({type(self.blocks[index]).__name__}) returned a {output.dtype} tensor of shape "
+                f"{tuple(output.shape)}: no gradient flows through integer values, so the blocks before it could "
+                "never learn. HINT: end the block before the op that produces integers, or put that op after the "
+                "last block."
+            )
         if self.observer is not None:
             self.observer.block_finished(index, output)
         self._outputs[index] = output if output.requires_grad else None
@@ -221,8 +228,25 @@ class HorizonEngine:
         assert self._loss_fn is not None
         depth = index + 1
         head = self.heads[index]
-        prediction = leaf if head is None else head(leaf)
-        loss = self._loss_fn(prediction)
+        try:
+            prediction = leaf if head is None else head(leaf)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"Head {index} ({type(head).__name__}) failed on block {index}'s output of shape {tuple(leaf.shape)} "
+                f"({type(self.blocks[index]).__name__}): {err} HINT: each head must accept its block's output; a "
+                "custom head from configure_heads() may have the wrong input size, or the blocks changed since the "
+                "heads were built (delete the heads, or return heads that fit from configure_heads())."
+            ) from err
+        try:
+            loss = self._loss_fn(prediction)
+        except (RuntimeError, ValueError, TypeError) as err:
+            if "HINT" in str(err):
+                raise
+            raise type(err)(
+                f"The local loss of head {index} failed on a prediction of shape {tuple(prediction.shape)}: {err} "
+                "HINT: the local loss (MPCMixin.local_loss, default cross-entropy on batch[1]) must accept every "
+                "head's prediction; override local_loss(prediction, batch) for other targets."
+            ) from err
         self.local_losses[index] = loss.detach()
         observer = self.observer
         if observer is not None:

@@ -115,6 +115,13 @@ def default_local_loss(prediction: Tensor, target: Tensor) -> Tensor:
             "HINT: override local_loss(prediction, batch) in your LightningModule."
         )
     if not target.is_floating_point():
+        if target.ndim == prediction.ndim and target.shape[-1] == 1 and prediction.shape[-1] > 1:
+            raise ValueError(
+                f"The default local loss got integer class targets of shape {tuple(target.shape)} for local "
+                f"predictions of shape {tuple(prediction.shape)}: cross-entropy needs one class index per sample, "
+                f"shape {tuple(target.shape[:-1])}. HINT: squeeze the targets in your dataset (y.squeeze(-1)), or "
+                "override local_loss(prediction, batch) in your LightningModule."
+            )
         if prediction.ndim == target.ndim + 1 and prediction.ndim > 2:
             return F.cross_entropy(prediction.flatten(0, -2), target.flatten())
         return F.cross_entropy(prediction, target)

@@ -1,10 +1,10 @@
 """Byte quantities: parsing ``"2GB"`` / ``"512MiB"`` / ``1_000_000`` and printing them back.
 
-Units follow the standards, as ``numfmt --from=auto`` and most package managers do: the SI prefixes
-``kB``, ``MB``, ``GB``, ``TB`` are powers of 1000 (``"2GB"`` is 2,000,000,000 bytes) and the IEC prefixes
-``KiB``, ``MiB``, ``GiB``, ``TiB`` are powers of 1024 (``"2GiB"`` is 2,147,483,648 bytes). Unit names are
-case-insensitive (``"2gb"`` and ``"2Gb"`` mean 2 GB: nobody budgets memory in bits). A bare prefix
-(``"2G"``) is refused because it is ambiguous between the two conventions.
+One rule, the one Kubernetes uses for memory quantities: the prefix decides the base and the trailing
+``B`` is optional. The decimal prefixes ``k``, ``M``, ``G``, ``T`` are powers of 1000 (``"2G"`` and
+``"2GB"`` are 2,000,000,000 bytes) and the binary prefixes ``Ki``, ``Mi``, ``Gi``, ``Ti`` are powers of
+1024 (``"2Gi"`` and ``"2GiB"`` are 2,147,483,648 bytes). Unit names are case-insensitive (``"2gb"`` and
+``"2Gb"`` mean 2 GB: nobody budgets memory in bits).
 """
 
 from __future__ import annotations
@@ -14,19 +14,14 @@ import re
 
 __all__ = ["format_bytes", "parse_bytes"]
 
-_UNITS: dict[str, int] = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
+_UNITS: dict[str, int] = {"b": 1}
+for _power, _prefix in enumerate("kmgt", start=1):
+    for _unit in (_prefix, f"{_prefix}b"):
+        _UNITS[_unit] = 1000**_power
+    for _unit in (f"{_prefix}i", f"{_prefix}ib"):
+        _UNITS[_unit] = 1024**_power
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
-_HINT = 'HINT: pass a number of bytes or a string such as "2GB" (10^9 bytes) or "512MiB" (2^20 bytes).'
+_HINT = 'HINT: pass a number of bytes or a string such as "2GB" or "2G" (10^9 bytes) or "512MiB" or "512Mi" (2^20 bytes).'
 
 
 def parse_bytes(value: float | str) -> int:
@@ -34,14 +29,14 @@ def parse_bytes(value: float | str) -> int:
 
     Args:
         value: a number of bytes (``int`` or integral ``float``) or a string ``"<number><unit>"`` with
-            unit ``B``, ``kB``, ``MB``, ``GB``, ``TB`` (powers of 1000) or ``KiB``, ``MiB``, ``GiB``,
-            ``TiB`` (powers of 1024), case-insensitive; no unit means bytes.
+            unit ``k``, ``M``, ``G``, ``T`` (powers of 1000) or ``Ki``, ``Mi``, ``Gi``, ``Ti`` (powers of
+            1024), each with an optional trailing ``B``, case-insensitive; no unit (or ``B``) means bytes.
 
     Returns:
         The number of bytes, rounded down to an integer.
 
     Raises:
-        ValueError: if the value is not positive, not finite, or the unit is unknown or ambiguous.
+        ValueError: if the value is not positive, not finite, or the unit is unknown.
 
     Example::
 
@@ -63,11 +58,6 @@ def parse_bytes(value: float | str) -> int:
             multiplier = 1
         elif unit in _UNITS:
             multiplier = _UNITS[unit]
-        elif unit in {"k", "m", "g", "t"}:
-            raise ValueError(
-                f"The unit of {value!r} is ambiguous: {unit.upper()} could mean {unit.upper()}B (powers of 1000) "
-                f"or {unit.upper()}iB (powers of 1024). {_HINT}"
-            )
         else:
             raise ValueError(f"Unknown unit {match.group(2)!r} in {value!r}. {_HINT}")
     else:

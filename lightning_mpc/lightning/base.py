@@ -66,6 +66,7 @@ class RuleStrategyMixin:
         assert module is not None
         world_size, rank = self._world()
         self.controller.prepare(trainer, module, self.root_device, world_size, rank)  # type: ignore[attr-defined]
+        self.controller.install_clipping(self.precision_plugin)  # type: ignore[attr-defined]
         self._rule_after_prepare(trainer)
         super().setup_optimizers(trainer)  # type: ignore[misc]
         self.controller.check_optimizers(self.optimizers)  # type: ignore[attr-defined]

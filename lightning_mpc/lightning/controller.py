@@ -139,6 +139,7 @@ class RuleController:
         self._grad_snapshot: list[tuple[nn.Parameter, Tensor | str | None]] | None = None
         self._warned_skip = False
         self._module: pl.LightningModule | None = None
+        self._clipping: Any = None
 
     # ---------------------------------------------------------------- setup
     def prepare(
@@ -226,6 +227,46 @@ class RuleController:
                 f"{len(missing)} parameters of the rule's modules ({names}) are in no optimizer, so they stay at "
                 "their initialisation. HINT: build the optimizer over self.parameters() in configure_optimizers()."
             )
+
+    def auxiliary_groups(self) -> list[list[nn.Parameter]]:
+        """The rule's trainable modules as clipping groups: every child of a ``ModuleList`` (one head) on its own."""
+        groups: list[list[nn.Parameter]] = []
+        for aux in self.rule.auxiliary_modules().values():
+            members = list(aux) if isinstance(aux, nn.ModuleList) else [aux]
+            for member in members:
+                params = [p for p in member.parameters() if p.requires_grad]
+                if params:
+                    groups.append(params)
+        return groups
+
+    def install_clipping(self, precision: Any) -> None:
+        """Make norm clipping (``Trainer(gradient_clip_val=...)``) treat the rule's modules apart from the network.
+
+        The network's parameters are clipped together, exactly as without the rule, so that a rule equal to
+        back-propagation (MPC with ``h = T``) stays equal to it with clipping; each auxiliary module (each
+        local head) is clipped by its own norm, since its gradient comes from its own loss. Value clipping is
+        element-wise and needs no change.
+        """
+        self.uninstall_clipping()
+
+        def clip_grad_by_norm(optimizer: Optimizer, clip_val: float) -> None:
+            in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            groups = [[p for p in group if id(p) in in_optimizer] for group in self.auxiliary_groups()]
+            auxiliary = {id(p) for group in groups for p in group}
+            network = [p for p in precision.main_params(optimizer) if id(p) not in auxiliary]
+            torch.nn.utils.clip_grad_norm_(network, clip_val)
+            for group in groups:
+                if group:
+                    torch.nn.utils.clip_grad_norm_(group, clip_val)
+
+        precision.clip_grad_by_norm = clip_grad_by_norm
+        self._clipping = precision
+
+    def uninstall_clipping(self) -> None:
+        """Give the precision plugin its own norm clipping back."""
+        if self._clipping is not None:
+            vars(self._clipping).pop("clip_grad_by_norm", None)
+            self._clipping = None
 
     # ----------------------------------------------------------------- steps
     def begin_step(
@@ -348,6 +389,7 @@ class RuleController:
         """Remove hooks, release the rule's step and give ``zero_grad`` back to Lightning."""
         self.abort()
         self.rule.teardown()
+        self.uninstall_clipping()
         if self.hooks is not None:
             self.hooks.remove()
             self.hooks = None

@@ -16,6 +16,7 @@ from lightning_mpc.core.gradsync import GradientAverager, broadcast_tensors
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.base import RuleStrategyMixin
 from lightning_mpc.lightning.controller import RuleController
+from lightning_mpc.lightning.telemetry import validate_telemetry
 from lightning_mpc.lightning.strategy import MPCStrategyProperties, partition_options
 from lightning_mpc.rules.base import CreditRule
 from lightning_mpc.rules.mpc.rule import MPCRule
@@ -89,7 +90,7 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
                 "(one device), or a rule that does."
             )
         self.controller = RuleController(built, partition_options(num_blocks, balance))
-        self.telemetry = telemetry
+        self.telemetry = validate_telemetry(telemetry)
         super().__init__(**kwargs)
         self.overlap_communication = overlap_communication
         self.broadcast_buffers = broadcast_buffers

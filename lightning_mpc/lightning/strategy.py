@@ -17,6 +17,7 @@ from lightning_mpc.core.schedule import Mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.base import RuleStrategyMixin
 from lightning_mpc.lightning.controller import RuleController
+from lightning_mpc.lightning.telemetry import validate_telemetry
 from lightning_mpc.rules.base import CreditRule
 from lightning_mpc.rules.mpc.rule import MPCRule
 from lightning_mpc.rules.registry import build_rule
@@ -78,7 +79,7 @@ class RuleStrategy(RuleStrategyMixin, SingleDeviceStrategy):
             device="cpu", accelerator=accelerator, checkpoint_io=checkpoint_io, precision_plugin=precision_plugin
         )
         self.parallel_devices = parallel_devices
-        self.telemetry = telemetry
+        self.telemetry = validate_telemetry(telemetry)
 
     @property
     @override

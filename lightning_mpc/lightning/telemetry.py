@@ -68,7 +68,7 @@ from lightning_mpc.telemetry.records import StepRecord, StepRecorder
 from lightning_mpc.telemetry.summary import PartitionRow, format_bytes, partition_rows, render_partition
 from lightning_mpc.telemetry.wandb_extras import block_charts, define_block_metrics
 
-__all__ = ["MPCTelemetry", "attach_telemetry", "block_key"]
+__all__ = ["MPCTelemetry", "attach_telemetry", "block_key", "validate_telemetry"]
 
 PREFIX = "mpc"
 _HISTORY_LIMIT = 4096
@@ -761,9 +761,9 @@ class MPCTelemetry(Callback):
                 ]
             )
         step = max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
-        charts = block_charts(PREFIX, self._history_steps, self._history_loss, [row[5] for row in rows])
         for logger in loggers:
             try:
+                charts = block_charts(PREFIX, self._history_steps, self._history_loss, [row[5] for row in rows])
                 logger.log_table(f"{PREFIX}/blocks", columns=list(_TABLE_COLUMNS), data=rows, step=step)
                 if charts:
                     logger.log_metrics(charts, step=step)
@@ -831,6 +831,20 @@ def _final_loss(module: pl.LightningModule, batch: Any) -> Any:
     except TypeError:
         return None
     return lambda output: default_local_loss(output, target)
+
+
+def validate_telemetry(telemetry: object) -> bool | MPCTelemetry:
+    """Check a strategy's ``telemetry`` argument when the strategy is built (not when ``fit`` starts).
+
+    Raises:
+        TypeError: for anything but a bool or an :class:`MPCTelemetry`.
+    """
+    if isinstance(telemetry, (bool, MPCTelemetry)):
+        return telemetry
+    raise TypeError(
+        f"telemetry must be True, False or an MPCTelemetry, got {telemetry!r} ({type(telemetry).__name__}). "
+        "HINT: pass telemetry=False to turn it off, or telemetry=MPCTelemetry(...) to configure it."
+    )
 
 
 def attach_telemetry(trainer: pl.Trainer, telemetry: bool | MPCTelemetry) -> MPCTelemetry | None:

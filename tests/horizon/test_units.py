@@ -19,6 +19,13 @@ from lightning_mpc.horizon.units import format_bytes, parse_bytes
         ("3TB", 3 * 10**12),
         ("100", 100),
         ("100B", 100),
+        # One rule (Kubernetes' memory quantities): the prefix decides the base, the trailing B is optional.
+        ("2G", 2_000_000_000),
+        ("1KB", 1000),
+        ("1k", 1000),
+        ("2Gi", 2 * 1024**3),
+        ("2gib", 2 * 1024**3),
+        ("3Mi", 3 * 1024**2),
         ("1e3", 1000),
         (4096, 4096),
         (2.5e9, 2_500_000_000),
@@ -31,7 +38,6 @@ def test_parse_bytes(text: object, expected: int) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("2G", "ambiguous"),
         ("2 parsecs", "Unknown unit"),
         ("lots", "Cannot read"),
         ("", "Cannot read"),

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_mpc.core.engine import HorizonEngine
@@ -151,6 +152,13 @@ class MPCRule(CreditRule):
             )
             self.horizon = self.report.horizon
         self._new_engine()
+        assert self.engine is not None
+        if self.engine.horizon >= self.engine.num_blocks:
+            what = "a single block" if self.engine.num_blocks == 1 else f"{self.engine.num_blocks} blocks"
+            rank_zero_info(
+                f"MPC with horizon {self.engine.horizon} over {what} is exact back-propagation (with its memory): "
+                "every block learns from the final loss. The local heads still learn from their own losses."
+            )
 
     def _new_engine(self) -> None:
         assert self._heads is not None
