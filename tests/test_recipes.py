@@ -18,7 +18,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_mpc import MPCStrategy
+from lightning_mpc import MPCStrategy, RuleStrategy
 from lightning_mpc.cli import MPCLightningCLI, run_cli
 from lightning_mpc.data import load_bundled_mnist
 from lightning_mpc.recipes import CIFAR10Data, DeepLinear, MLPClassifier, MNISTData, ResNetClassifier, cifar_resnet
@@ -40,6 +40,8 @@ TINY = {
         "0",
     ],
     "deep_linear": ["--data.train_size", "32", "--data.eval_size", "16", "--data.batch_size", "8"],
+    **{recipe: ["--data.limit", "16", "--data.batch_size", "8"] for recipe in ("ff_mnist", "sff_resnet18_mnist")},
+    "sff_mobilenet_v3_mnist": ["--data.limit", "16", "--data.batch_size", "8"],
 }
 
 
@@ -99,7 +101,8 @@ def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
 
 
 def test_every_recipe_has_tiny_overrides() -> None:
-    assert {r.stem for r in RECIPES} >= {"mnist_mlp", "cifar10_resnet18", "deep_linear"}
+    expected = {"mnist_mlp", "cifar10_resnet18", "deep_linear", "ff_mnist", "sff_resnet18_mnist", "sff_mobilenet_v3_mnist"}
+    assert {r.stem for r in RECIPES} >= expected
     missing = [r.name for r in RECIPES if r.stem not in TINY]
     assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
 
@@ -107,14 +110,24 @@ def test_every_recipe_has_tiny_overrides() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    assert config["trainer"]["strategy"]["class_path"] == "lightning_mpc.MPCStrategy"
+    strategy = config["trainer"]["strategy"]
     cli = _fit(recipe, tmp_path)
+    if strategy["class_path"] == "lightning_mpc.RuleStrategy":  # another rule than MPC, configured in the recipe
+        _assert_trained(cli, RuleStrategy)
+        rule = cli.trainer.strategy.rule
+        assert f"lightning_mpc.{type(rule).__name__}" == strategy["init_args"]["rule"]["class_path"]
+        for name, value in strategy["init_args"]["rule"]["init_args"].items():
+            assert getattr(rule, name) == value, name
+        return
+    assert strategy["class_path"] == "lightning_mpc.MPCStrategy"
     _assert_trained(cli, MPCStrategy)
     assert cli.trainer.strategy.horizon == config["trainer"]["strategy"]["init_args"]["horizon"]
     assert len(cli.model.mpc_heads) == len(cli.model.mpc_blocks) - 1
 
 
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem == "mnist_mlp"], ids=["mnist_mlp"])
+@pytest.mark.parametrize(
+    "recipe", [r for r in RECIPES if r.stem in ("mnist_mlp", "ff_mnist", "sff_resnet18_mnist")], ids=lambda r: r.stem
+)
 def test_recipe_with_back_propagation(recipe: Path, tmp_path: Path) -> None:
     cli = _fit(recipe, tmp_path, "--trainer.strategy", "auto")
     _assert_trained(cli, None)

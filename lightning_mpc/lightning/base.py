@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.optim import Optimizer
@@ -60,6 +62,16 @@ class RuleStrategyMixin:
         if trainer is not None:
             attach_telemetry(trainer, self.telemetry)
         super().setup_environment()  # type: ignore[misc]
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        super().setup(trainer)  # type: ignore[misc]
+        if trainer.state.fn != TrainerFn.FITTING and not self.controller.hook_for_evaluation():
+            if type(self.rule).inference_listener is not CreditRule.inference_listener:
+                rank_zero_warn(
+                    f"The {self.rule.name!r} rule predicts with its own procedure, but it was not set up by a fit with "
+                    f"this strategy, so {trainer.state.fn.value} runs the plain model. HINT: call {trainer.state.fn.value} "
+                    "on the Trainer that ran fit, or run fit first."
+                )
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module  # type: ignore[attr-defined]

@@ -346,6 +346,16 @@ class RuleController:
         self._grad_snapshot = None
 
     # ----------------------------------------------------------- evaluation
+    def hook_for_evaluation(self) -> bool:
+        """Hook the blocks again for ``validate``/``test``/``predict`` run after ``fit`` (whose teardown removed the hooks).
+
+        The rule keeps what its last ``fit`` set up (blocks, auxiliary modules), so its prediction is available.
+        Returns whether the blocks are hooked (``False``: the rule was never set up by this strategy).
+        """
+        if self.hooks is None and self.blocks:
+            self.hooks = BlockHooks(self.blocks)
+        return self.hooks is not None
+
     def attach_inference(self) -> None:
         """Route validation/test/predict forwards through the rule's inference listener (if it has one)."""
         if self.hooks is not None:

@@ -6,9 +6,9 @@ detached (no gradient ever crosses a layer boundary), its goodness is ``G = sum_
 positive data (the input with the true label embedded) should have ``G > theta``, negative data (the same
 input with a wrong label) ``G < theta``::
 
-    L_l = mean over the 2N samples of softplus(-s * (G - theta)),   s = +1 for positive, -1 for negative data
+    L_l = mean over the 2N samples of softplus(-s * alpha * (G - theta)),   s = +1 positive, -1 negative data
 
-that is the binary cross-entropy of ``p(positive) = sigmoid(G - theta)``. Optional peer normalisation adds
+that is the binary cross-entropy of ``p(positive) = sigmoid(alpha * (G - theta))`` (Hinton: ``alpha = 1``). Optional peer normalisation adds
 ``w * mean_j (mean(r) - r_j)^2`` where ``r`` is a running mean (momentum ``m``) of every unit's activity on
 positive data, which keeps units from dying or dominating.
 
@@ -132,6 +132,8 @@ class FFObjective:
         threshold: ``theta``; ``None`` means the number of units of the layer for ``"sum"`` and ``1.0`` for
             ``"mean"`` (the two then put the boundary at the same activity, a mean square of 1).
         eps: added to the root mean square when length-normalising a layer's input.
+        sharpness: ``alpha`` in ``p(positive) = sigmoid(alpha * (G - theta))`` (Hinton's form has 1; with the
+            mean form, ``alpha`` equal to the number of units gives the sum form's logit).
         peer_weight: weight ``w`` of peer normalisation (0 switches it off).
         peer_momentum: momentum ``m`` of the running mean activity used by peer normalisation.
         label_value: the value of the label's one-hot entry in the input (see :func:`embed_label`).
@@ -140,6 +142,7 @@ class FFObjective:
     goodness: Goodness = "sum"
     threshold: float | None = None
     eps: float = 1e-8
+    sharpness: float = 1.0
     peer_weight: float = 0.0
     peer_momentum: float = 0.9
     label_value: float = 1.0
@@ -152,6 +155,8 @@ class FFObjective:
                 f"threshold must be positive (goodness is a sum of squares), got {self.threshold}. "
                 "HINT: leave it None for the default (units for 'sum', 1.0 for 'mean')."
             )
+        if not self.sharpness > 0:
+            raise ValueError(f"sharpness must be positive, got {self.sharpness}. HINT: use sharpness=1.0 (Hinton's logit).")
         if self.peer_weight < 0:
             raise ValueError(f"peer_weight must be 0 or more, got {self.peer_weight}. HINT: 0 switches it off, 0.03 is usual.")
         if not 0 <= self.peer_momentum < 1:
@@ -175,8 +180,9 @@ class FFObjective:
         return float(h[0].numel()) if self.goodness == "sum" else 1.0
 
     def logits(self, h: Tensor) -> Tensor:
-        """``G - theta`` of every sample: the logit of ``p(positive)``."""
-        return self.of(h) - self.theta(h)
+        """``alpha * (G - theta)`` of every sample: the logit of ``p(positive)``."""
+        logits = self.of(h) - self.theta(h)
+        return logits if self.sharpness == 1 else self.sharpness * logits
 
     def loss(self, h_pos: Tensor, h_neg: Tensor) -> Tensor:
         """The logistic loss of a layer: ``mean softplus(-(G_pos - theta))`` and ``softplus(G_neg - theta)`` over the 2N samples."""

@@ -68,7 +68,9 @@ class FFPeerState(nn.Module):
 class _Listener:
     """Feeds the user's forward the neutral-label input and length-normalised, detached block inputs.
 
-    During evaluation with ``scores`` set it also replaces the readout's output by the goodness of every label.
+    In training the FF layers run without autograd inside the user's forward (their gradients came from the
+    FF passes; the readout's input is detached anyway), so no graph is built for them. During evaluation with
+    ``prediction="goodness"`` the readout's output is replaced by the goodness of every label.
     """
 
     def __init__(self, rule: FFRule, training: bool) -> None:
@@ -76,8 +78,18 @@ class _Listener:
         self.training = training
         self.seen = 0
         self.scores: Tensor | None = None
+        self._scoring = False  # the label passes run the hooked blocks again: let them through untouched
+        self._grad_mode: bool | None = None  # autograd's mode before an FF layer of the user's forward
+
+    def restore_grad_mode(self) -> None:
+        """Switch autograd back on if an FF layer's forward switched it off (also after an exception)."""
+        if self._grad_mode is not None:
+            torch.set_grad_enabled(self._grad_mode)
+            self._grad_mode = None
 
     def block_started(self, index: int) -> None:
+        if self._scoring:
+            return
         self.seen = max(self.seen, index + 1)
         observer = self.rule.observer
         if self.training and observer is not None and index == self.rule.num_blocks - 1:
@@ -85,14 +97,29 @@ class _Listener:
 
     def block_input(self, index: int, x: Tensor) -> Tensor:
         rule = self.rule
+        if self._scoring:
+            return x
         if index == 0:
             if not self.training and rule.prediction == "goodness":
-                self.scores = goodness_scores(rule.ff_layers, x, rule.num_classes, rule.objective, rule.score_layers)
+                self._scoring = True
+                try:
+                    self.scores = goodness_scores(
+                        rule.ff_layers, x, rule.num_classes, rule.objective, rule.score_layers
+                    )
+                finally:
+                    self._scoring = False
             x = embed_label(x.detach(), None, rule.num_classes, rule.objective.label_value)
-        return length_normalize(x.detach(), rule.objective.eps)
+        x = length_normalize(x.detach(), rule.objective.eps)
+        if self.training and index < rule.num_blocks - 1:
+            self._grad_mode = torch.is_grad_enabled()
+            torch.set_grad_enabled(False)
+        return x
 
     def block_output(self, index: int, output: Tensor) -> Tensor:
+        if self._scoring:
+            return output
         if index != self.rule.num_blocks - 1:
+            self.restore_grad_mode()
             return output
         if self.training and self.rule.observer is not None:
             self.rule.observer.block_finished(index, output)
@@ -108,6 +135,7 @@ class FFRule(CreditRule):
     Args:
         goodness: ``"sum"`` (``G = sum_j h_j^2``, Hinton's form) or ``"mean"`` (``G = mean_j h_j^2``).
         threshold: ``theta``; default: the layer's number of units for ``"sum"``, 1 for ``"mean"``.
+        sharpness: ``alpha`` in ``p(positive) = sigmoid(alpha * (G - theta))`` (Hinton's form: 1).
         negatives: ``"random"`` (a wrong label drawn uniformly) or ``"hardest"`` (the wrong label with the
             largest goodness; ``C`` extra forward passes per step).
         prediction: ``"goodness"`` (the label with the largest accumulated goodness, ``C`` passes) or
@@ -129,6 +157,7 @@ class FFRule(CreditRule):
         self,
         goodness: Goodness = "sum",
         threshold: float | None = None,
+        sharpness: float = 1.0,
         negatives: Negatives = "random",
         prediction: Prediction = "goodness",
         score_layers: ScoreLayers = "all_but_first",
@@ -144,6 +173,7 @@ class FFRule(CreditRule):
             goodness=goodness,
             threshold=threshold,
             eps=eps,
+            sharpness=sharpness,
             peer_weight=peer_weight,
             peer_momentum=peer_momentum,
             label_value=label_value,
@@ -170,10 +200,51 @@ class FFRule(CreditRule):
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
         info = {"rule": self.name, **self.objective.to_dict(), "negatives": self.negatives, "prediction": self.prediction}
-        info |= {"score_layers": self.score_layers, "seed": self.generator.seed}
+        info |= {"score_layers": self.score_layers, "seed": self.seed}
         if self._blocks:
             info |= {"num_blocks": len(self._blocks), "num_classes": self.num_classes}
         return info
+
+    # The constructor's arguments, readable under their own names (LightningCLI and logged configurations).
+    @property
+    def goodness(self) -> Goodness:
+        """``"sum"`` or ``"mean"``."""
+        return self.objective.goodness
+
+    @property
+    def threshold(self) -> float | None:
+        """``theta`` as given (``None``: the default per layer)."""
+        return self.objective.threshold
+
+    @property
+    def sharpness(self) -> float:
+        """``alpha``, the scale of the logit ``G - theta``."""
+        return self.objective.sharpness
+
+    @property
+    def peer_weight(self) -> float:
+        """The weight of peer normalisation."""
+        return self.objective.peer_weight
+
+    @property
+    def peer_momentum(self) -> float:
+        """The momentum of peer normalisation's running means."""
+        return self.objective.peer_momentum
+
+    @property
+    def label_value(self) -> float:
+        """The one-hot entry written into the input."""
+        return self.objective.label_value
+
+    @property
+    def eps(self) -> float:
+        """Added to the root mean square when length-normalising."""
+        return self.objective.eps
+
+    @property
+    def seed(self) -> int:
+        """The seed of the negative labels' generator."""
+        return self.generator.seed
 
     @property
     def num_blocks(self) -> int:
@@ -282,6 +353,8 @@ class FFRule(CreditRule):
 
     def end_forward(self, output: Any) -> None:
         listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.restore_grad_mode()
         if listener is not None and listener.seen != self.num_blocks:
             raise RuntimeError(
                 f"training_step ran {listener.seen} of the {self.num_blocks} blocks. HINT: the forward in "
@@ -294,6 +367,8 @@ class FFRule(CreditRule):
             self.observer.step_completed()
 
     def abort(self) -> None:
+        if self._listener is not None:
+            self._listener.restore_grad_mode()
         self._listener = None
 
     def inference_listener(self) -> BlockListener | None:

@@ -1,0 +1,268 @@
+"""Forward-Forward against back-propagation and MPC h = 1, side by side on the bundled MNIST digits.
+
+Trains the ``ff_mnist`` recipe's model (:class:`lightning_mpc.recipes.MLPClassifier`: 3 hidden blocks of
+``--hidden`` ReLU units and a linear readout) in one process, with the same seed, data, epochs, batches and
+optimizer for every method:
+
+* back-propagation (Lightning's default strategy);
+* MPC with ``h = 1`` (:class:`lightning_mpc.MPCStrategy`; local heads, no gradient across blocks);
+* Forward-Forward (:class:`lightning_mpc.FFRule` through :class:`lightning_mpc.RuleStrategy`), evaluated
+  twice from the same trained model: the goodness arg-max over the labels (10 passes) and the readout on the
+  neutral-label input (one pass).
+
+Per method it reports the evaluation accuracy (the last 2,000 digits), the real memory of one step (the
+allocator's peak above what was held before the step, :class:`lightning_mpc.RealMemoryMeter`, gradient
+buffers allocated beforehand so that they do not hide the activations) and the step time, both measured on
+the rules' own code outside Lightning (forward, the rule's passes and backward; no optimizer). Steps take
+turns in rounds, and the time ratio is the median over rounds of the ratio to back-propagation's step in
+the same round, so that drift in a shared machine's speed hits every method alike.
+
+Usage::
+
+    python benchmarks/ff.py                              # 10 epochs; prints a Markdown table
+    python benchmarks/ff.py --epochs 1 --limit 512       # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_mpc import FFRule, MPCStrategy, RealMemoryMeter, RuleStrategy, horizon_backward
+from lightning_mpc.core.heads import build_heads, head_specs_for
+from lightning_mpc.core.hooks import BlockHooks
+from lightning_mpc.data import BundledMNIST
+from lightning_mpc.demo import quiet_lightning
+from lightning_mpc.recipes import MLPClassifier
+from lightning_mpc.rules import RuleSetup, RuleStep
+
+MIB = 2**20
+FF_OPTIONS: dict[str, Any] = {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "hardest"}
+"""The rule's settings in ``recipes/ff_mnist.yaml``."""
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    label: str
+    accuracy: float
+    fit_s: float
+    peak_bytes: int = 0
+    ratios: list[float] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+
+
+def _model(args: argparse.Namespace) -> MLPClassifier:
+    return MLPClassifier(num_blocks=4, hidden=args.hidden, lr=args.lr)
+
+
+def _trainer(args: argparse.Namespace, strategy: Any) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=strategy,
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
+    )
+
+
+def _ff_options(negatives: str) -> dict[str, Any]:
+    return {**FF_OPTIONS, "negatives": negatives}
+
+
+def methods(args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
+    """``(label, strategy factory)`` of every method, back-propagation first."""
+    rows: list[tuple[str, Callable[[], Any]]] = [
+        ("BP", lambda: "auto"),
+        ("MPC h=1", lambda: MPCStrategy(horizon=1, telemetry=False)),
+    ]
+    for negatives in args.ff_negatives:
+        rule = _ff_options(negatives)
+        rows.append((f"FF, {negatives} negatives", lambda rule=rule: RuleStrategy(rule=FFRule(**rule), telemetry=False)))
+    return rows
+
+
+def train(args: argparse.Namespace) -> list[Row]:
+    """Train every method and evaluate it (FF twice from the same model: goodness and readout prediction)."""
+    rows: list[Row] = []
+    for label, make in methods(args):
+        L.seed_everything(args.seed, verbose=False)
+        data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
+        model = _model(args)
+        trainer = _trainer(args, make())
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        fit_s = time.perf_counter() - start
+        print(f"trained {label} in {fit_s:.0f} s", file=sys.stderr)
+        if not label.startswith("FF"):
+            accuracy = float(trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"])
+            rows.append(Row(label, accuracy, fit_s))
+            continue
+        rule = trainer.strategy.rule
+        for prediction in ("goodness", "readout"):
+            rule.prediction = prediction
+            accuracy = float(trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"])
+            rows.append(Row(f"{label}: {prediction} prediction", accuracy, fit_s))
+    return rows
+
+
+# --------------------------------------------------------------------------- one step, outside Lightning
+def _ff_step(model: MLPClassifier, x: Tensor, y: Tensor, negatives: str) -> Callable[[], None]:
+    """One FF training step exactly as the rule runs it: FF passes, then the neutral-label forward and readout."""
+    blocks = list(model.net)
+    rule = FFRule(**_ff_options(negatives))
+    example = x.flatten(1)
+    shapes = []
+    with torch.no_grad():
+        h = example
+        for block in blocks:
+            h = block(h)
+            shapes.append(h.shape)
+    rule.setup(RuleSetup(model, blocks, shapes, example[:2], torch.device("cpu"), torch.float32))
+    hooks = BlockHooks(blocks)
+
+    def step() -> None:
+        batch = (x, y)
+        listener = rule.begin_step(RuleStep(batch, lambda p: F.cross_entropy(p, y), None, lambda: example))
+        hooks.attach(listener)
+        loss = F.cross_entropy(model(x), y)
+        hooks.attach(None)
+        rule.end_forward(loss)
+        loss.backward()
+        rule.after_backward()
+
+    return step
+
+
+def _mpc_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
+    blocks = list(model.net)
+    with torch.no_grad():
+        shapes, h = [], x.flatten(1)
+        for block in blocks:
+            h = block(h)
+            shapes.append(h.shape)
+    heads = list(build_heads(head_specs_for(shapes)))
+
+    def step() -> None:
+        horizon_backward(blocks, heads, x.flatten(1), y, F.cross_entropy, horizon=1)
+
+    return step
+
+
+def _bp_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+
+    return step
+
+
+def _with_grads(step: Callable[[], None], modules: list[nn.Module]) -> Callable[[], None]:
+    """Gradient buffers exist before the step (as after the first optimizer step with ``set_to_none=False``)."""
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+
+    def run() -> None:
+        for p in params:
+            p.grad.zero_()
+        step()
+
+    return run
+
+
+def measure(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Real memory and step time of one step of each method, side by side."""
+    torch.manual_seed(args.seed)
+    x = torch.randn(args.memory_batch, 1, 28, 28)
+    y = torch.randint(0, 10, (args.memory_batch,))
+    factories: list[tuple[str, Callable[[MLPClassifier, Tensor, Tensor], Callable[[], None]]]] = [
+        ("BP", _bp_step),
+        ("MPC h=1", _mpc_step),
+    ]
+    for negatives in args.ff_negatives:
+        factories.append((f"FF, {negatives} negatives", lambda m, a, b, n=negatives: _ff_step(m, a, b, n)))
+    steps: dict[str, Callable[[], None]] = {}
+    for label, factory in factories:
+        torch.manual_seed(args.seed)
+        model = _model(args)
+        steps[label] = _with_grads(factory(model, x, y), [model])
+    peaks: dict[str, int] = {}
+    for label, step in steps.items():
+        step()  # warm-up
+        results = []
+        for _ in range(3):
+            with RealMemoryMeter() as meter:
+                step()
+            results.append(meter.peak_bytes)
+        peaks[label] = min(results)
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(args.rounds):
+        for label, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - start)
+    for row in rows:
+        key = row.label.split(":")[0]
+        row.peak_bytes = peaks[key]
+        row.step_s = times[key]
+        row.ratios = [t / b for t, b in zip(times[key], times["BP"])]
+
+
+def table(rows: list[Row]) -> str:
+    """The Markdown table; ratios are to back-propagation's."""
+    bp = rows[0]
+    lines = [
+        "| method | eval accuracy (%) | step peak (MiB) | memory / BP | step time / BP | training run (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.label} | {100 * row.accuracy:.2f} | {row.peak_bytes / MIB:.2f} | "
+            f"{row.peak_bytes / bp.peak_bytes:.2f} | {statistics.median(row.ratios):.2f} | {row.fit_s:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every method")
+    parser.add_argument("--hidden", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=None, help="use only this many digits per split (smoke runs)")
+    parser.add_argument("--memory-batch", type=int, default=512, help="batch of the memory and time measurement")
+    parser.add_argument("--rounds", type=int, default=20, help="timing rounds (one step of each method per round)")
+    parser.add_argument("--ff-negatives", nargs="+", default=["hardest", "random"], choices=["hardest", "random"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    with quiet_lightning(all_warnings=True):
+        rows = train(args)
+    measure(args, rows)
+    print(f"`python benchmarks/ff.py {shlex.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
