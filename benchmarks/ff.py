@@ -226,6 +226,31 @@ def measure(args: argparse.Namespace, rows: list[Row]) -> None:
         row.ratios = [t / b for t, b in zip(times[key], times["BP"])]
 
 
+def depth_table(args: argparse.Namespace) -> str:
+    """Real step memory against the number of hidden layers: FF holds one layer, back-propagation all of them."""
+    torch.manual_seed(args.seed)
+    x = torch.randn(args.memory_batch, 1, 28, 28)
+    y = torch.randint(0, 10, (args.memory_batch,))
+    lines = [
+        "| hidden layers | BP step peak (MiB) | MPC h=1 / BP | FF (random negatives) / BP |",
+        "|---:|---:|---:|---:|",
+    ]
+    for depth in args.depths:
+        peaks = {}
+        for label, factory in (("BP", _bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random"))):
+            torch.manual_seed(args.seed)
+            model = MLPClassifier(num_blocks=depth + 1, hidden=args.hidden, lr=args.lr)
+            step = _with_grads(factory(model, x, y), [model])
+            step()
+            with RealMemoryMeter() as meter:
+                step()
+            peaks[label] = meter.peak_bytes
+        lines.append(
+            f"| {depth} | {peaks['BP'] / MIB:.1f} | {peaks['MPC'] / peaks['BP']:.2f} | {peaks['FF'] / peaks['BP']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[Row]) -> str:
     """The Markdown table; ratios are to back-propagation's."""
     bp = rows[0]
@@ -250,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only this many digits per split (smoke runs)")
     parser.add_argument("--memory-batch", type=int, default=512, help="batch of the memory and time measurement")
     parser.add_argument("--rounds", type=int, default=20, help="timing rounds (one step of each method per round)")
+    parser.add_argument("--depths", type=int, nargs="*", default=[3, 6, 12], help="hidden layers of the memory-depth table")
     parser.add_argument("--ff-negatives", nargs="+", default=["hardest", "random"], choices=["hardest", "random"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -262,6 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"`python benchmarks/ff.py {shlex.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
     print()
     print(table(rows))
+    if args.depths:
+        print()
+        print(f"Real step memory against depth (width {args.hidden}, batch {args.memory_batch}):")
+        print()
+        print(depth_table(args))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from lightning_mpc.rules.ff.functional import (
     length_normalize,
     random_negative_labels,
     scored_layers,
+    squared_activity,
 )
 
 C = 4
@@ -235,3 +236,12 @@ def test_objective_and_arguments_are_validated() -> None:
     x, y, wrong = _data()
     with pytest.raises(ValueError, match="layer weights.*HINT"):
         ff_backward(layers, x.float(), x.float(), layer_weights=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_squared_activity_matches_autograd_and_passes_gradcheck(mean: bool) -> None:
+    h = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    value = squared_activity(h, mean)
+    expected = h.pow(2).flatten(1).mean(1) if mean else h.pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(value, expected)
+    assert torch.autograd.gradcheck(lambda t: squared_activity(t, mean), (h,))

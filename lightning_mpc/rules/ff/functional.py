@@ -46,13 +46,16 @@ __all__ = [
     "ScoreLayers",
     "embed_label",
     "ff_backward",
+    "ff_backward_labels",
     "ff_layer_step",
     "goodness_scores",
     "hardest_negative_labels",
     "length_normalize",
+    "logistic_loss",
     "peer_loss",
     "random_negative_labels",
     "scored_layers",
+    "squared_activity",
 ]
 
 Goodness = Literal["sum", "mean"]
@@ -123,6 +126,35 @@ def random_negative_labels(labels: Tensor, num_classes: int, generator: torch.Ge
     return (labels + shift.to(labels.device)) % num_classes
 
 
+class _SquaredActivity(torch.autograd.Function):
+    """``factor * sum_j h_j^2`` per sample, with a backward that allocates one tensor (``2 * factor * g * h``).
+
+    Autograd's own ``h.pow(2).sum(1)`` materialises three activation-sized tensors in its backward (the
+    expanded gradient, ``2 * h`` and their product); for a layer whose activations dominate a step this is
+    most of the step's peak memory.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, factor: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(h)
+        ctx.factor = factor
+        flat = h.reshape(h.shape[0], -1)
+        return torch.linalg.vecdot(flat, flat, dim=1) * factor
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (h,) = ctx.saved_tensors
+        scale = (grad * (2.0 * ctx.factor)).view(-1, *([1] * (h.ndim - 1)))
+        return h * scale, None
+
+
+def squared_activity(h: Tensor, mean: bool = False) -> Tensor:
+    """``sum_j h_j^2`` (or the mean) of every sample of ``h`` (all but the batch dimension), shape ``(N,)``."""
+    factor = 1.0 / h[0].numel() if mean else 1.0
+    return _SquaredActivity.apply(h, factor)
+
+
 @dataclass(frozen=True)
 class FFObjective:
     """The goodness and loss of every FF layer.
@@ -170,8 +202,7 @@ class FFObjective:
 
     def of(self, h: Tensor) -> Tensor:
         """The goodness of every sample of a layer's output ``h`` (shape ``(N,)``)."""
-        squares = h.reshape(h.shape[0], -1).pow(2)
-        return squares.sum(dim=1) if self.goodness == "sum" else squares.mean(dim=1)
+        return squared_activity(h, mean=self.goodness == "mean")
 
     def theta(self, h: Tensor) -> float:
         """The threshold for a layer whose output is ``h``."""
@@ -184,10 +215,19 @@ class FFObjective:
         logits = self.of(h) - self.theta(h)
         return logits if self.sharpness == 1 else self.sharpness * logits
 
+    def signed_logits(self, h: Tensor, num_positive: int) -> Tensor:
+        """``s * alpha * (G - theta)`` of stacked outputs: ``s = +1`` for the first ``num_positive``, ``-1`` after."""
+        logits = self.logits(h)
+        return torch.cat([logits[:num_positive], -logits[num_positive:]])
+
     def loss(self, h_pos: Tensor, h_neg: Tensor) -> Tensor:
-        """The logistic loss of a layer: ``mean softplus(-(G_pos - theta))`` and ``softplus(G_neg - theta)`` over the 2N samples."""
-        signed = torch.cat([self.logits(h_pos), -self.logits(h_neg)])
-        return F.softplus(-signed).mean()
+        """The logistic loss of a layer over its ``2N`` outputs on positive and negative data."""
+        return logistic_loss(self.signed_logits(torch.cat([h_pos, h_neg]), h_pos.shape[0]))
+
+
+def logistic_loss(signed_logits: Tensor) -> Tensor:
+    """``mean softplus(-z)``: the binary cross-entropy of ``sigmoid(z)`` against "right side of the threshold"."""
+    return F.softplus(-signed_logits).mean()
 
 
 def peer_loss(h_pos: Tensor, running_mean: Tensor, momentum: float) -> tuple[Tensor, Tensor]:
@@ -211,26 +251,34 @@ class FFLayerResult:
     """What one layer's FF step produced (everything detached).
 
     Attributes:
-        loss: the layer's FF loss (logistic, plus peer normalisation when on), before scaling.
-        h_pos: the layer's output on the positive data (the next layer's input, before normalisation).
-        h_neg: the layer's output on the negative data.
+        loss: the layer's FF loss (logistic, plus peer normalisation when on), before weighting and scaling.
+        output: the layer's output on the stacked data, positive samples first (the next layer's input).
         goodness_pos: mean goodness on positive data.
         goodness_neg: mean goodness on negative data.
         separation: fraction of samples on the right side of the threshold (positive above, negative below).
     """
 
     loss: Tensor
-    h_pos: Tensor
-    h_neg: Tensor
+    output: Tensor
     goodness_pos: float
     goodness_neg: float
     separation: float
 
 
+def _normalize_(x: Tensor, eps: float) -> Tensor:
+    """:func:`length_normalize` in place (``x`` must be a tensor the caller owns and no graph has saved)."""
+    flat = x.view(x.shape[0], -1) if x.is_contiguous() else None
+    if flat is None:
+        return length_normalize(x, eps)
+    rms = flat.pow(2).mean(dim=1, keepdim=True).sqrt_().add_(eps)
+    flat.div_(rms)
+    return x
+
+
 def ff_layer_step(
     layer: nn.Module,
-    x_pos: Tensor,
-    x_neg: Tensor,
+    stacked: Tensor,
+    num_positive: int,
     objective: FFObjective,
     *,
     weight: float = 1.0,
@@ -239,13 +287,17 @@ def ff_layer_step(
     observer: EngineObserver | None = None,
     index: int = 0,
 ) -> FFLayerResult:
-    """Train one FF layer on positive and negative inputs: length-normalise and detach them, run the layer
-    once on both (concatenated), back-propagate its loss into the layer's ``.grad`` (accumulated).
+    """Train one FF layer on positive and negative data stacked in one batch (positive samples first).
+
+    The layer runs once on the length-normalised, detached ``stacked`` data and its loss is back-propagated
+    into the layer's ``.grad`` (accumulated) before this returns, so the layer's graph is released here.
 
     Args:
         layer: the layer (block).
-        x_pos: the layer's input on positive data (the previous layer's output, or the labelled input).
-        x_neg: the same on negative data.
+        stacked: the layer's input on the positive then the negative samples (the previous layer's output or
+            the labelled network input). **Normalised in place** when it requires no gradient (the caller
+            hands its buffer over); otherwise a normalised copy is made.
+        num_positive: how many of the stacked samples are positive.
         objective: goodness, threshold and peer normalisation.
         weight: the loss is multiplied by it before the backward (``0`` computes but trains nothing).
         peer_mean: the layer's running mean activity (a buffer, updated in place) when peer normalisation is on.
@@ -253,27 +305,30 @@ def ff_layer_step(
         observer: receives ``block_started``, ``block_finished``, ``local_loss`` and the backward events.
         index: the layer's index, for the observer.
     """
-    n = x_pos.shape[0]
-    inputs = torch.cat([length_normalize(x_pos.detach(), objective.eps), length_normalize(x_neg.detach(), objective.eps)])
+    n = num_positive
+    if stacked.requires_grad:
+        inputs = length_normalize(stacked.detach(), objective.eps)
+    else:
+        inputs = _normalize_(stacked, objective.eps)
     if observer is not None:
         observer.block_started(index)
     h = layer(inputs)
+    del inputs
     if not isinstance(h, Tensor):
         raise TypeError(
             f"FF layer {index} ({type(layer).__name__}) returned a {type(h).__name__}, not a tensor. "
             "HINT: every FF layer must map a tensor to a tensor."
         )
-    h_pos, h_neg = h[:n], h[n:]
-    logits = torch.cat([objective.logits(h_pos), objective.logits(h_neg)])
-    loss = objective.loss(h_pos, h_neg)
+    signed = objective.signed_logits(h, n)
+    loss = logistic_loss(signed)
     if objective.peer_weight > 0 and peer_mean is not None:
-        peer, updated = peer_loss(h_pos, peer_mean, objective.peer_momentum)
+        peer, updated = peer_loss(h[:n], peer_mean, objective.peer_momentum)
         loss = loss + objective.peer_weight * peer
         with torch.no_grad():
             peer_mean.copy_(updated)
     if observer is not None:
         observer.block_finished(index, h)
-        observer.local_loss(index, logits, loss)
+        observer.local_loss(index, signed, loss)
     if loss.requires_grad and weight != 0:
         weighted = loss * weight if weight != 1 else loss
         if observer is not None:
@@ -282,14 +337,13 @@ def ff_layer_step(
         if observer is not None:
             observer.backward_finished(index)
     with torch.no_grad():
-        right = torch.cat([logits[:n] > 0, logits[n:] < 0]).float().mean()
+        goodness = objective.of(h)
         result = FFLayerResult(
             loss=loss.detach(),
-            h_pos=h_pos.detach(),
-            h_neg=h_neg.detach(),
-            goodness_pos=float(objective.of(h_pos).mean()),
-            goodness_neg=float(objective.of(h_neg).mean()),
-            separation=float(right),
+            output=h.detach(),
+            goodness_pos=float(goodness[:n].mean()),
+            goodness_neg=float(goodness[n:].mean()),
+            separation=float((signed > 0).float().mean()),
         )
     return result
 
@@ -310,6 +364,9 @@ def ff_backward(
 
     Layer ``l`` runs on the length-normalised, detached outputs of layer ``l - 1`` (layer 0 on ``x_pos`` and
     ``x_neg``), and its loss is back-propagated into its own parameters only, before layer ``l + 1`` runs.
+    Positive and negative data go through each layer as one batch (positive first), and every layer's output
+    is normalised in place after its backward to become the next layer's input, so the step holds one layer's
+    input, output and graph at a time.
 
     Args:
         layers: the FF layers, in order.
@@ -328,6 +385,64 @@ def ff_backward(
     Raises:
         ValueError: if ``layer_weights`` or ``peer_means`` do not match the layers.
     """
+    stacked = [torch.cat([x_pos.detach(), x_neg.detach()])]
+    return _train_layers(
+        layers, stacked, x_pos.shape[0], objective, layer_weights, peer_means, scale, observer, on_layer_done
+    )
+
+
+def ff_backward_labels(
+    layers: Sequence[nn.Module],
+    x: Tensor,
+    labels: Tensor,
+    negative_labels: Tensor,
+    num_classes: int,
+    objective: FFObjective | None = None,
+    *,
+    layer_weights: Sequence[float] | None = None,
+    peer_means: Sequence[Tensor] | None = None,
+    scale: LossScale | None = None,
+    observer: EngineObserver | None = None,
+    on_layer_done: Callable[[int, FFLayerResult], None] | None = None,
+) -> list[Tensor]:
+    """:func:`ff_backward` with the positive and negative data made here from ``x`` and the labels.
+
+    The same as ``ff_backward(layers, embed_label(x, labels, ...), embed_label(x, negative_labels, ...))``, but
+    the labelled inputs exist only inside this call (one stacked buffer, released after the first layer).
+
+    Args:
+        layers: the FF layers, in order.
+        x: the network's input (the label positions are overwritten in copies).
+        labels: the true labels ``(N,)``.
+        negative_labels: a wrong label per sample ``(N,)``.
+        num_classes: ``C``.
+        objective: goodness, threshold, peer normalisation and the label value.
+        layer_weights: see :func:`ff_backward`.
+        peer_means: see :func:`ff_backward`.
+        scale: see :func:`ff_backward`.
+        observer: see :func:`ff_backward`.
+        on_layer_done: see :func:`ff_backward`.
+    """
+    objective = objective or FFObjective()
+    stacked = [embed_label(torch.cat([x, x]), torch.cat([labels, negative_labels]), num_classes, objective.label_value)]
+    return _train_layers(
+        layers, stacked, x.shape[0], objective, layer_weights, peer_means, scale, observer, on_layer_done
+    )
+
+
+def _train_layers(
+    layers: Sequence[nn.Module],
+    holder: list[Tensor],
+    num_positive: int,
+    objective: FFObjective | None,
+    layer_weights: Sequence[float] | None,
+    peer_means: Sequence[Tensor] | None,
+    scale: LossScale | None,
+    observer: EngineObserver | None,
+    on_layer_done: Callable[[int, FFLayerResult], None] | None,
+) -> list[Tensor]:
+    """The layer loop of :func:`ff_backward`; ``holder`` hands over the stacked input (emptied here, so that
+    nothing outside keeps it alive once the first layer is done)."""
     objective = objective or FFObjective()
     layers = list(layers)
     if layer_weights is not None and len(layer_weights) != len(layers):
@@ -339,12 +454,13 @@ def ff_backward(
             "ff_backward: peer normalisation needs one running-mean buffer per layer (peer_means). "
             "HINT: pass peer_means=[torch.zeros(units) for each layer], or peer_weight=0."
         )
+    stacked = holder.pop()
     losses: list[Tensor] = []
     for index, layer in enumerate(layers):
         result = ff_layer_step(
             layer,
-            x_pos,
-            x_neg,
+            stacked,
+            num_positive,
             objective,
             weight=1.0 if layer_weights is None else float(layer_weights[index]),
             peer_mean=None if peer_means is None else peer_means[index],
@@ -355,7 +471,8 @@ def ff_backward(
         losses.append(result.loss)
         if on_layer_done is not None:
             on_layer_done(index, result)
-        x_pos, x_neg = result.h_pos, result.h_neg
+        stacked = result.output
+        del result
     return losses
 
 

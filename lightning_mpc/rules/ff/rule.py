@@ -28,7 +28,7 @@ from lightning_mpc.rules.ff.functional import (
     Goodness,
     ScoreLayers,
     embed_label,
-    ff_backward,
+    ff_backward_labels,
     goodness_scores,
     hardest_negative_labels,
     length_normalize,
@@ -331,11 +331,12 @@ class FFRule(CreditRule):
             )
         else:
             wrong = random_negative_labels(labels, self.num_classes, self.generator.get())
-        value = self.objective.label_value
-        ff_backward(
+        ff_backward_labels(
             self.ff_layers,
-            embed_label(x, labels, self.num_classes, value),
-            embed_label(x, wrong, self.num_classes, value),
+            x,
+            labels,
+            wrong,
+            self.num_classes,
             self.objective,
             peer_means=None if self._peer is None else self._peer.means(),
             scale=step.scale,
