@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_mpc import FFRule, MPCStrategy, RealMemoryMeter, RuleStrategy, horizon_backward
 from lightning_mpc.core.heads import build_heads, head_specs_for
@@ -46,6 +45,7 @@ from lightning_mpc.data import BundledMNIST
 from lightning_mpc.demo import quiet_lightning
 from lightning_mpc.recipes import MLPClassifier
 from lightning_mpc.rules import RuleSetup, RuleStep
+from side_by_side import accuracy_trainer, bp_step, measure_steps, with_grads
 
 MIB = 2**20
 FF_OPTIONS: dict[str, Any] = {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "hardest"}
@@ -60,28 +60,11 @@ class Row:
     accuracy: float
     fit_s: float
     peak_bytes: int = 0
-    ratios: list[float] = field(default_factory=list)
-    step_s: list[float] = field(default_factory=list)
+    ratio: float = float("nan")
 
 
 def _model(args: argparse.Namespace) -> MLPClassifier:
     return MLPClassifier(num_blocks=4, hidden=args.hidden, lr=args.lr)
-
-
-def _trainer(args: argparse.Namespace, strategy: Any) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        strategy=strategy,
-        max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=True,
-    )
 
 
 def _ff_options(negatives: str) -> dict[str, Any]:
@@ -107,7 +90,7 @@ def train(args: argparse.Namespace) -> list[Row]:
         L.seed_everything(args.seed, verbose=False)
         data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
         model = _model(args)
-        trainer = _trainer(args, make())
+        trainer = accuracy_trainer(make(), args.epochs)
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         fit_s = time.perf_counter() - start
@@ -167,34 +150,13 @@ def _mpc_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
     return step
 
 
-def _bp_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
-    def step() -> None:
-        F.cross_entropy(model(x), y).backward()
-
-    return step
-
-
-def _with_grads(step: Callable[[], None], modules: list[nn.Module]) -> Callable[[], None]:
-    """Gradient buffers exist before the step (as after the first optimizer step with ``set_to_none=False``)."""
-    params = [p for m in modules for p in m.parameters()]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-
-    def run() -> None:
-        for p in params:
-            p.grad.zero_()
-        step()
-
-    return run
-
-
 def measure(args: argparse.Namespace, rows: list[Row]) -> None:
     """Real memory and step time of one step of each method, side by side."""
     torch.manual_seed(args.seed)
     x = torch.randn(args.memory_batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.memory_batch,))
     factories: list[tuple[str, Callable[[MLPClassifier, Tensor, Tensor], Callable[[], None]]]] = [
-        ("BP", _bp_step),
+        ("BP", bp_step),
         ("MPC h=1", _mpc_step),
     ]
     for negatives in args.ff_negatives:
@@ -203,27 +165,12 @@ def measure(args: argparse.Namespace, rows: list[Row]) -> None:
     for label, factory in factories:
         torch.manual_seed(args.seed)
         model = _model(args)
-        steps[label] = _with_grads(factory(model, x, y), [model])
-    peaks: dict[str, int] = {}
-    for label, step in steps.items():
-        step()  # warm-up
-        results = []
-        for _ in range(3):
-            with RealMemoryMeter() as meter:
-                step()
-            results.append(meter.peak_bytes)
-        peaks[label] = min(results)
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(args.rounds):
-        for label, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[label].append(time.perf_counter() - start)
+        steps[label] = with_grads(factory(model, x, y), model)
+    peaks, ratios = measure_steps(steps, args.rounds)
     for row in rows:
         key = row.label.split(":")[0]
         row.peak_bytes = peaks[key]
-        row.step_s = times[key]
-        row.ratios = [t / b for t, b in zip(times[key], times["BP"])]
+        row.ratio = ratios[key]
 
 
 def depth_table(args: argparse.Namespace) -> str:
@@ -237,10 +184,10 @@ def depth_table(args: argparse.Namespace) -> str:
     ]
     for depth in args.depths:
         peaks = {}
-        for label, factory in (("BP", _bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random"))):
+        for label, factory in (("BP", bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random"))):
             torch.manual_seed(args.seed)
             model = MLPClassifier(num_blocks=depth + 1, hidden=args.hidden, lr=args.lr)
-            step = _with_grads(factory(model, x, y), [model])
+            step = with_grads(factory(model, x, y), model)
             step()
             with RealMemoryMeter() as meter:
                 step()
@@ -261,7 +208,7 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         lines.append(
             f"| {row.label} | {100 * row.accuracy:.2f} | {row.peak_bytes / MIB:.2f} | "
-            f"{row.peak_bytes / bp.peak_bytes:.2f} | {statistics.median(row.ratios):.2f} | {row.fit_s:.0f} |"
+            f"{row.peak_bytes / bp.peak_bytes:.2f} | {row.ratio:.2f} | {row.fit_s:.0f} |"
         )
     return "\n".join(lines)
 

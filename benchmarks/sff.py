@@ -24,24 +24,23 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_mpc import RealMemoryMeter, RuleStrategy, SFFRule
+from lightning_mpc import RuleStrategy, SFFRule
 from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.data import BundledMNIST
 from lightning_mpc.demo import quiet_lightning
 from lightning_mpc.lightning.mixin import resolve_blocks
 from lightning_mpc.recipes import MobileNetV3Classifier, ResNetClassifier
 from lightning_mpc.rules import RuleSetup, RuleStep
+from side_by_side import accuracy_trainer, bp_step, measure_steps, with_grads
 
 MIB = 2**20
 
@@ -55,22 +54,6 @@ def build(name: str, num_classes: int, lr: float) -> L.LightningModule:
     raise ValueError(f"Unknown model {name!r}. HINT: use resnet18, mobilenet_v3_small or mobilenet_v3_large.")
 
 
-def _trainer(args: argparse.Namespace, strategy: Any) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        strategy=strategy,
-        max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=True,
-    )
-
-
 def accuracy_table(args: argparse.Namespace) -> str:
     """Train back-propagation and SFF for every model; one table row per evaluation."""
     lines = ["| model | method | eval accuracy (%) | training run (s) |", "|---|---|---:|---:|"]
@@ -80,7 +63,7 @@ def accuracy_table(args: argparse.Namespace) -> str:
             data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
             model = build(name, 10, args.lr)
             strategy = "auto" if method == "BP" else RuleStrategy(rule=SFFRule(), telemetry=False)
-            trainer = _trainer(args, strategy)
+            trainer = accuracy_trainer(strategy, args.epochs)
             start = time.perf_counter()
             trainer.fit(model, datamodule=data)
             fit_s = time.perf_counter() - start
@@ -124,26 +107,6 @@ def _sff_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Callable[[], No
     return step
 
 
-def _bp_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Callable[[], None]:
-    def step() -> None:
-        F.cross_entropy(model(x), y).backward()
-
-    return step
-
-
-def _with_grads(step: Callable[[], None], module: nn.Module) -> Callable[[], None]:
-    params = list(module.parameters())
-    for p in params:
-        p.grad = torch.zeros_like(p)
-
-    def run() -> None:
-        for p in params:
-            p.grad.zero_()
-        step()
-
-    return run
-
-
 def cost_table(args: argparse.Namespace) -> str:
     """Step time and real memory of SFF against back-propagation, per model and number of classes."""
     lines = [
@@ -156,32 +119,15 @@ def cost_table(args: argparse.Namespace) -> str:
             x = torch.randn(args.memory_batch, 1, 28, 28)
             y = torch.randint(0, classes, (args.memory_batch,))
             steps: dict[str, Callable[[], None]] = {}
-            for method, factory in (("BP", _bp_step), ("SFF", _sff_step)):
+            for method, factory in (("BP", bp_step), ("SFF", _sff_step)):
                 torch.manual_seed(args.seed)
                 model = build(name, classes, args.lr)
                 model.train()
-                step = factory(model, x, y)
-                steps[method] = _with_grads(step, model)
-            peaks: dict[str, int] = {}
-            for method, step in steps.items():
-                step()
-                runs = []
-                for _ in range(2):
-                    with RealMemoryMeter() as meter:
-                        step()
-                    runs.append(meter.peak_bytes)
-                peaks[method] = min(runs)
-            ratios = []
-            for _ in range(args.rounds):
-                spent = {}
-                for method, step in steps.items():
-                    start = time.perf_counter()
-                    step()
-                    spent[method] = time.perf_counter() - start
-                ratios.append(spent["SFF"] / spent["BP"])
+                steps[method] = with_grads(factory(model, x, y), model)
+            peaks, ratios = measure_steps(steps, args.rounds)
             lines.append(
                 f"| {name} | {classes} | {peaks['BP'] / MIB:.1f} | {peaks['SFF'] / MIB:.1f} | "
-                f"{peaks['SFF'] / peaks['BP']:.2f} | {statistics.median(ratios):.2f} |"
+                f"{peaks['SFF'] / peaks['BP']:.2f} | {ratios['SFF']:.2f} |"
             )
             print(f"measured {name} with {classes} classes", file=sys.stderr)
     return "\n".join(lines)

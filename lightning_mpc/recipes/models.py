@@ -76,6 +76,38 @@ class _Classifier(MPCMixin, L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).argmax(dim=-1)
 
+    def _add_accuracy(self, num_classes: int) -> None:
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+class _SGDClassifier(_Classifier):
+    """A classifier around a given network, trained with Nesterov SGD and an optional per-step cosine schedule."""
+
+    def __init__(
+        self, net: nn.Module, num_classes: int, lr: float, momentum: float, weight_decay: float, cosine: bool
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.cosine = cosine
+        self._add_accuracy(num_classes)
+
+    def configure_optimizers(self) -> Any:
+        """SGD over every parameter (rule modules included), with a per-step cosine schedule when ``cosine``."""
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+        )
+        if not self.cosine:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        if not math.isfinite(total):
+            total = 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
 
 class MLPClassifier(_Classifier):
     """An MLP of ``num_blocks`` blocks: ``Linear + ReLU`` blocks, then a ``Linear`` to the classes.
@@ -123,8 +155,7 @@ class MLPClassifier(_Classifier):
         self.net = nn.Sequential(*blocks)
         self.lr = lr
         self.weight_decay = weight_decay
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._add_accuracy(num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of inputs of any shape ``(batch, ...)``."""
@@ -173,7 +204,7 @@ def cifar_resnet(
     return model
 
 
-class ResNetClassifier(_Classifier):
+class ResNetClassifier(_SGDClassifier):
     """A torchvision ResNet (CIFAR stem, see :func:`cifar_resnet`) trained with SGD and a cosine schedule.
 
     :func:`lightning_mpc.partition` cuts it into the stem, every residual block and the pooled
@@ -201,31 +232,8 @@ class ResNetClassifier(_Classifier):
         in_channels: int = 3,
         stem: Stem = "cifar",
     ) -> None:
-        super().__init__()
+        super().__init__(cifar_resnet(arch, num_classes, in_channels, stem), num_classes, lr, momentum, weight_decay, cosine)
         self.save_hyperparameters()
-        self.net = cifar_resnet(arch, num_classes, in_channels, stem)
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.cosine = cosine
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-
-    def configure_optimizers(self) -> Any:
-        """SGD over every parameter (heads included), with a per-step cosine schedule when ``cosine``."""
-        return _sgd_cosine(self, self.lr, self.momentum, self.weight_decay, self.cosine)
-
-
-def _sgd_cosine(module: L.LightningModule, lr: float, momentum: float, weight_decay: float, cosine: bool) -> Any:
-    """Nesterov SGD over every parameter of ``module``, with a per-step cosine schedule to 0 when ``cosine``."""
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    if not cosine:
-        return optimizer
-    total = max(1, int(module.trainer.estimated_stepping_batches)) if module._trainer is not None else 1
-    if not math.isfinite(total):
-        total = 1
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def mobilenet_v3(arch: str = "mobilenet_v3_small", num_classes: int = 10, in_channels: int = 3) -> MobileNetV3:
@@ -252,7 +260,7 @@ def mobilenet_v3_blocks(model: MobileNetV3) -> list[nn.Module]:
     return [*model.features.children(), BlockSpan(model.avgpool, nn.Flatten(1), model.classifier, entry=0, exit=2)]
 
 
-class MobileNetV3Classifier(_Classifier):
+class MobileNetV3Classifier(_SGDClassifier):
     """A torchvision MobileNetV3 (see :func:`mobilenet_v3`) trained with SGD and a cosine schedule.
 
     ``configure_blocks()`` returns :func:`mobilenet_v3_blocks`: every child of ``features`` and the pooled
@@ -278,23 +286,12 @@ class MobileNetV3Classifier(_Classifier):
         weight_decay: float = 5e-4,
         cosine: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(mobilenet_v3(arch, num_classes, in_channels), num_classes, lr, momentum, weight_decay, cosine)
         self.save_hyperparameters()
-        self.net = mobilenet_v3(arch, num_classes, in_channels)
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.cosine = cosine
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
     def configure_blocks(self) -> list[nn.Module]:
         """Every child of ``features``, then the pooled classifier (see :func:`mobilenet_v3_blocks`)."""
         return mobilenet_v3_blocks(self.net)
-
-    def configure_optimizers(self) -> Any:
-        """SGD over every parameter (rule modules included), with a per-step cosine schedule when ``cosine``."""
-        return _sgd_cosine(self, self.lr, self.momentum, self.weight_decay, self.cosine)
 
 
 class DeepLinear(MPCMixin, L.LightningModule):
