@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.optim import Optimizer
@@ -65,13 +64,10 @@ class RuleStrategyMixin:
 
     def setup(self, trainer: pl.Trainer) -> None:
         super().setup(trainer)  # type: ignore[misc]
-        if trainer.state.fn != TrainerFn.FITTING and not self.controller.hook_for_evaluation():
-            if type(self.rule).inference_listener is not CreditRule.inference_listener:
-                rank_zero_warn(
-                    f"The {self.rule.name!r} rule predicts with its own procedure, but it was not set up by a fit with "
-                    f"this strategy, so {trainer.state.fn.value} runs the plain model. HINT: call {trainer.state.fn.value} "
-                    "on the Trainer that ran fit, or run fit first."
-                )
+        if trainer.state.fn != TrainerFn.FITTING:
+            # validate/test/predict: the rule's prediction (fit sets the rule up in setup_optimizers)
+            module = self.lightning_module  # type: ignore[attr-defined]
+            self.controller.prepare_evaluation(trainer, module, self.root_device, *self._world())  # type: ignore[attr-defined]
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module  # type: ignore[attr-defined]

@@ -6,12 +6,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from lightning_mpc.core.partition import run_blocks
 from lightning_mpc.lightning.mixin import batch_input
 
-__all__ = ["EXAMPLE_SAMPLES", "call_forward", "example_input", "training_dataloader"]
+__all__ = ["EXAMPLE_SAMPLES", "call_forward", "evaluation_dataloader", "example_input", "training_dataloader"]
 
 EXAMPLE_SAMPLES = 2
 """Samples of the first batch used for dry runs (shapes, per-sample memory)."""
@@ -38,12 +39,39 @@ def training_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose
     return dataloader
 
 
+def evaluation_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose: str) -> Iterable[Any]:
+    """The dataloader of the running ``validate``, ``test`` or ``predict`` (the first one when there are several).
+
+    Raises:
+        RuntimeError: if there is none.
+    """
+    loops = {
+        TrainerFn.VALIDATING: trainer.validate_loop,
+        TrainerFn.TESTING: trainer.test_loop,
+        TrainerFn.PREDICTING: trainer.predict_loop,
+    }
+    loop = loops.get(trainer.state.fn)  # type: ignore[call-overload]
+    source = getattr(loop, "_data_source", None)
+    dataloader = source.dataloader() if source is not None and source.is_defined() else None
+    if isinstance(dataloader, (list, tuple)):
+        dataloader = dataloader[0] if dataloader else None
+    if dataloader is None:
+        raise RuntimeError(
+            f"The rule needs a batch to {purpose}, but {type(module).__name__} has no dataloader for "
+            f"{trainer.state.fn}. HINT: pass dataloaders (or a datamodule), or set example_input_array."
+        )
+    return dataloader
+
+
 def example_input(trainer: pl.Trainer, module: pl.LightningModule, purpose: str) -> Any:
-    """``module.example_input_array``, or the input of the first training batch cut to a few samples."""
+    """``module.example_input_array``, or the input of the first batch cut to a few samples (the training batches
+    when fitting, the running stage's otherwise)."""
     example = module.example_input_array
     if example is not None:
         return example
-    batch = next(iter(training_dataloader(trainer, module, purpose)))
+    fitting = trainer.state.fn in (None, TrainerFn.FITTING)
+    loader = (training_dataloader if fitting else evaluation_dataloader)(trainer, module, purpose)
+    batch = next(iter(loader))
     x = batch_input(batch)
     return x[:EXAMPLE_SAMPLES] if isinstance(x, Tensor) else x
 
