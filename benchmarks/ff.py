@@ -6,9 +6,10 @@ optimizer for every method:
 
 * back-propagation (Lightning's default strategy);
 * MPC with ``h = 1`` (:class:`lightning_mpc.MPCStrategy`; local heads, no gradient across blocks);
-* Forward-Forward (:class:`lightning_mpc.FFRule` through :class:`lightning_mpc.RuleStrategy`), evaluated
-  twice from the same trained model: the goodness arg-max over the labels (10 passes) and the readout on the
-  neutral-label input (one pass).
+* Forward-Forward (:class:`lightning_mpc.FFRule` through :class:`lightning_mpc.RuleStrategy`) with the recipe's
+  settings, the same with random negatives, and (``--methods ff-defaults``) the rule's defaults; each
+  evaluated twice from the same trained model: the goodness arg-max over the labels (10 passes) and the
+  readout on the neutral-label input (one pass).
 
 Per method it reports the evaluation accuracy (the last 2,000 digits), the real memory of one step (the
 allocator's peak above what was held before the step, :class:`lightning_mpc.RealMemoryMeter`, gradient
@@ -19,7 +20,8 @@ the same round, so that drift in a shared machine's speed hits every method alik
 
 Usage::
 
-    python benchmarks/ff.py                              # 10 epochs; prints a Markdown table
+    python benchmarks/ff.py                              # 10 epochs; prints Markdown tables
+    python benchmarks/ff.py --methods ff-defaults        # one more FF setting (BP's step is the baseline)
     python benchmarks/ff.py --epochs 1 --limit 512       # a quick look
 """
 
@@ -48,8 +50,15 @@ from lightning_mpc.rules import RuleSetup, RuleStep
 from side_by_side import accuracy_trainer, bp_step, measure_steps, with_grads
 
 MIB = 2**20
-FF_OPTIONS: dict[str, Any] = {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "hardest"}
-"""The rule's settings in ``recipes/ff_mnist.yaml``."""
+FF_CONFIGS: dict[str, dict[str, Any]] = {
+    "hardest negatives": {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "hardest"},
+    "random negatives": {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "random"},
+    "FFRule() defaults": {},
+}
+"""The FF settings compared: ``recipes/ff_mnist.yaml``'s, the same with random negatives, and the rule's defaults
+(Hinton's form: sum goodness, threshold = units, sharpness 1, label value 1, random negatives)."""
+METHODS = {"bp": "BP", "mpc": "MPC h=1", "ff-hardest": "FF, hardest negatives", "ff-random": "FF, random negatives"}
+METHODS["ff-defaults"] = "FF, FFRule() defaults"
 
 
 @dataclass
@@ -67,30 +76,22 @@ def _model(args: argparse.Namespace) -> MLPClassifier:
     return MLPClassifier(num_blocks=4, hidden=args.hidden, lr=args.lr)
 
 
-def _ff_options(negatives: str) -> dict[str, Any]:
-    return {**FF_OPTIONS, "negatives": negatives}
-
-
-def methods(args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
-    """``(label, strategy factory)`` of every method, back-propagation first."""
-    rows: list[tuple[str, Callable[[], Any]]] = [
-        ("BP", lambda: "auto"),
-        ("MPC h=1", lambda: MPCStrategy(horizon=1, telemetry=False)),
-    ]
-    for negatives in args.ff_negatives:
-        rule = _ff_options(negatives)
-        rows.append((f"FF, {negatives} negatives", lambda rule=rule: RuleStrategy(rule=FFRule(**rule), telemetry=False)))
-    return rows
+def _strategy(label: str) -> Any:
+    if label == "BP":
+        return "auto"
+    if label == "MPC h=1":
+        return MPCStrategy(horizon=1, telemetry=False)
+    return RuleStrategy(rule=FFRule(**FF_CONFIGS[label.removeprefix("FF, ")]), telemetry=False)
 
 
 def train(args: argparse.Namespace) -> list[Row]:
     """Train every method and evaluate it (FF twice from the same model: goodness and readout prediction)."""
     rows: list[Row] = []
-    for label, make in methods(args):
+    for label in (METHODS[m] for m in args.methods):
         L.seed_everything(args.seed, verbose=False)
         data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
         model = _model(args)
-        trainer = accuracy_trainer(make(), args.epochs)
+        trainer = accuracy_trainer(_strategy(label), args.epochs)
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         fit_s = time.perf_counter() - start
@@ -108,10 +109,10 @@ def train(args: argparse.Namespace) -> list[Row]:
 
 
 # --------------------------------------------------------------------------- one step, outside Lightning
-def _ff_step(model: MLPClassifier, x: Tensor, y: Tensor, negatives: str) -> Callable[[], None]:
+def _ff_step(model: MLPClassifier, x: Tensor, y: Tensor, config: str) -> Callable[[], None]:
     """One FF training step exactly as the rule runs it: FF passes, then the neutral-label forward and readout."""
     blocks = list(model.net)
-    rule = FFRule(**_ff_options(negatives))
+    rule = FFRule(**FF_CONFIGS[config])
     example = x.flatten(1)
     shapes = []
     with torch.no_grad():
@@ -150,19 +151,23 @@ def _mpc_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
     return step
 
 
-def measure(args: argparse.Namespace, rows: list[Row]) -> None:
-    """Real memory and step time of one step of each method, side by side."""
+def measure(args: argparse.Namespace, rows: list[Row]) -> int:
+    """Real memory and step time of one step of each trained method and of back-propagation, side by side.
+
+    Returns:
+        Back-propagation's step peak (bytes), the baseline of the memory ratios.
+    """
     torch.manual_seed(args.seed)
     x = torch.randn(args.memory_batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.memory_batch,))
-    factories: list[tuple[str, Callable[[MLPClassifier, Tensor, Tensor], Callable[[], None]]]] = [
-        ("BP", bp_step),
-        ("MPC h=1", _mpc_step),
-    ]
-    for negatives in args.ff_negatives:
-        factories.append((f"FF, {negatives} negatives", lambda m, a, b, n=negatives: _ff_step(m, a, b, n)))
+    factories: dict[str, Callable[[MLPClassifier, Tensor, Tensor], Callable[[], None]]] = {"BP": bp_step}
+    for label in dict.fromkeys(row.label.split(":")[0] for row in rows):
+        if label == "MPC h=1":
+            factories[label] = _mpc_step
+        elif label.startswith("FF, "):
+            factories[label] = lambda m, a, b, c=label.removeprefix("FF, "): _ff_step(m, a, b, c)
     steps: dict[str, Callable[[], None]] = {}
-    for label, factory in factories:
+    for label, factory in factories.items():
         torch.manual_seed(args.seed)
         model = _model(args)
         steps[label] = with_grads(factory(model, x, y), model)
@@ -171,6 +176,7 @@ def measure(args: argparse.Namespace, rows: list[Row]) -> None:
         key = row.label.split(":")[0]
         row.peak_bytes = peaks[key]
         row.ratio = ratios[key]
+    return peaks["BP"]
 
 
 def depth_table(args: argparse.Namespace) -> str:
@@ -184,7 +190,7 @@ def depth_table(args: argparse.Namespace) -> str:
     ]
     for depth in args.depths:
         peaks = {}
-        for label, factory in (("BP", bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random"))):
+        for label, factory in (("BP", bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random negatives"))):
             torch.manual_seed(args.seed)
             model = MLPClassifier(num_blocks=depth + 1, hidden=args.hidden, lr=args.lr)
             step = with_grads(factory(model, x, y), model)
@@ -198,9 +204,8 @@ def depth_table(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], bp_peak: int) -> str:
     """The Markdown table; ratios are to back-propagation's."""
-    bp = rows[0]
     lines = [
         "| method | eval accuracy (%) | step peak (MiB) | memory / BP | step time / BP | training run (s) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -208,7 +213,7 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         lines.append(
             f"| {row.label} | {100 * row.accuracy:.2f} | {row.peak_bytes / MIB:.2f} | "
-            f"{row.peak_bytes / bp.peak_bytes:.2f} | {row.ratio:.2f} | {row.fit_s:.0f} |"
+            f"{row.peak_bytes / bp_peak:.2f} | {row.ratio:.2f} | {row.fit_s:.0f} |"
         )
     return "\n".join(lines)
 
@@ -223,7 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-batch", type=int, default=512, help="batch of the memory and time measurement")
     parser.add_argument("--rounds", type=int, default=20, help="timing rounds (one step of each method per round)")
     parser.add_argument("--depths", type=int, nargs="*", default=[3, 6, 12], help="hidden layers of the memory-depth table")
-    parser.add_argument("--ff-negatives", nargs="+", default=["hardest", "random"], choices=["hardest", "random"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["bp", "mpc", "ff-hardest", "ff-random"], choices=list(METHODS),
+        help="what to train (back-propagation's step is always measured, as the baseline of the ratios)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -231,10 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     with quiet_lightning(all_warnings=True):
         rows = train(args)
-    measure(args, rows)
+    bp_peak = measure(args, rows)
     print(f"`python benchmarks/ff.py {shlex.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
     print()
-    print(table(rows))
+    print(table(rows, bp_peak))
     if args.depths:
         print()
         print(f"Real step memory against depth (width {args.hidden}, batch {args.memory_batch}):")
