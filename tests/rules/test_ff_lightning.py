@@ -21,7 +21,7 @@ from lightning_mpc.rules.ff.functional import (
     length_normalize,
     random_negative_labels,
 )
-from tests.lightning.helpers import Classifier, loader, trainer, vector_data
+from tests.lightning.helpers import Classifier, image_data, loader, trainer, vector_data
 
 C = 3
 
@@ -112,3 +112,27 @@ def test_ff_layers_build_no_graph_in_the_users_forward_and_autograd_is_restored(
     assert torch.is_grad_enabled()
     assert seen[-1] is False  # the FF layer ran without autograd inside the user's forward
     assert module.seen_requires_grad == [True]  # the readout's output still carries its graph
+
+
+def test_ff_trains_a_convolutional_network_with_the_label_in_the_top_row() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, C)),
+    )
+    module = Classifier(net=net)
+    seen: list[Tensor] = []
+    module.net[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    data = image_data(n=16, size=8)
+    t = trainer(strategy=RuleStrategy(rule=FFRule(label_value=3.0)), max_steps=2)
+    t.fit(module, loader(data))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+    stacked = next(t for t in seen if t.shape[0] == 16)  # the first FF pass: positive then negative data, normalised
+    x, y = data.tensors[0][:8], data.tensors[1][:8]
+    raw = torch.cat([x, x]).clone()
+    raw[:, 0, 0, :C] = 0.0
+    raw[torch.arange(8), 0, 0, y] = 3.0
+    assert torch.equal(stacked[:8, 0, 0, :C].argmax(dim=1), y)
+    torch.testing.assert_close(stacked[:8], length_normalize(raw[:8]))
+    assert not bool((stacked[8:, 0, 0, :C].argmax(dim=1) == y).any())
