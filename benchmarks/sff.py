@@ -5,8 +5,9 @@ Two measurements, each side by side in one process:
 * **Accuracy** (``--epochs``, same seed, data, batches and optimizer): torchvision ResNet-18 with a
   one-channel ImageNet stem (:class:`lightning_mpc.recipes.ResNetClassifier`) and, with ``--models``,
   MobileNetV3-Small (:class:`lightning_mpc.recipes.MobileNetV3Classifier`), trained with back-propagation
-  and with :class:`lightning_mpc.SFFRule`; the SFF model is evaluated three times: the blocks' averaged
-  goodness votes, the last goodness block's vote, and the model's own classifier.
+  and with :class:`lightning_mpc.SFFRule` (``--losses``: the cross-entropy and the margin variant, log
+  logits); each SFF model is evaluated three times: the blocks' averaged goodness votes, the last goodness
+  block's vote, and the model's own classifier.
 * **Step time and real memory** for 10 and 100 classes (``--classes``): one training step (forward, the
   rule's block losses and backward; no optimizer) of back-propagation and of the SFF rule's own code on a
   random batch, the memory as the allocator's peak above what was held before the step
@@ -58,11 +59,12 @@ def accuracy_table(args: argparse.Namespace) -> str:
     """Train back-propagation and SFF for every model; one table row per evaluation."""
     lines = ["| model | method | eval accuracy (%) | training run (s) |", "|---|---|---:|---:|"]
     for name in args.models:
-        for method in ("BP", "SFF"):
+        for method in ("BP", *(f"SFF, {loss} loss" for loss in args.losses)):
             L.seed_everything(args.seed, verbose=False)
             data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
             model = build(name, 10, args.lr)
-            strategy = "auto" if method == "BP" else RuleStrategy(rule=SFFRule(), telemetry=False)
+            loss = method.removeprefix("SFF, ").removesuffix(" loss")
+            strategy = "auto" if method == "BP" else RuleStrategy(rule=SFFRule(loss=loss), telemetry=False)  # type: ignore[arg-type]
             trainer = accuracy_trainer(strategy, args.epochs)
             start = time.perf_counter()
             trainer.fit(model, datamodule=data)
@@ -76,7 +78,7 @@ def accuracy_table(args: argparse.Namespace) -> str:
             for inference, shown in (("average", "averaged votes"), ("last", "last block's vote"), ("model", "classifier")):
                 rule.inference = inference
                 accuracy = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
-                lines.append(f"| {name} | SFF ({shown}) | {100 * accuracy:.2f} | {fit_s:.0f} |")
+                lines.append(f"| {name} | {method}: {shown} | {100 * accuracy:.2f} | {fit_s:.0f} |")
     return "\n".join(lines)
 
 
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate (cosine schedule) of both methods")
     parser.add_argument("--limit", type=int, default=None, help="use only this many digits per split (smoke runs)")
+    parser.add_argument("--losses", nargs="+", default=["ce", "margin"], choices=["ce", "margin"], help="SFF block losses")
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--memory-batch", type=int, default=64, help="batch of the step time and memory measurement")
     parser.add_argument("--rounds", type=int, default=10, help="timing rounds (one step of each method per round)")

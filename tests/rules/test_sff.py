@@ -82,25 +82,37 @@ def test_vector_and_sequence_outputs_get_linear_and_1d_heads() -> None:
         goodness_head_spec(2, torch.Size([4, 2, 2, 2, 2]), C)
 
 
-def test_margin_loss_is_the_log_sum_exp_form_and_equals_cross_entropy_at_zero_margin() -> None:
+@pytest.mark.parametrize("logits", ["log", "raw"])
+def test_margin_loss_is_the_log_sum_exp_form_and_equals_cross_entropy_at_zero_margin(logits: str) -> None:
     g = torch.randn(7, 5, dtype=torch.float64).abs() * 3
     y = torch.randint(0, 5, (7,))
-    torch.testing.assert_close(sff_loss(g, y, "margin", margin=0.0), F.cross_entropy(g, y))
+    z = torch.log(g + 1e-6) if logits == "log" else g
+    torch.testing.assert_close(sff_loss(g, y, "margin", 0.0, logits), F.cross_entropy(z, y))  # type: ignore[arg-type]
     expected = torch.stack(
-        [F.softplus(torch.logsumexp(g[i][torch.arange(5) != y[i]], 0) - g[i, y[i]] + 0.7) for i in range(7)]
+        [F.softplus(torch.logsumexp(z[i][torch.arange(5) != y[i]], 0) - z[i, y[i]] + 0.7) for i in range(7)]
     ).mean()
-    torch.testing.assert_close(sff_loss(g, y, "margin", margin=0.7), expected)
-    torch.testing.assert_close(sff_loss(g, y), F.cross_entropy(g, y))
+    torch.testing.assert_close(sff_loss(g, y, "margin", 0.7, logits), expected)  # type: ignore[arg-type]
+    torch.testing.assert_close(sff_loss(g, y, "ce", logits=logits), F.cross_entropy(z, y))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="HINT"):
         sff_loss(g, y, "hinge")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="HINT"):
+        sff_loss(g, y, logits="exp")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kind", "margin"), [("ce", 0.0), ("margin", 0.5)])
-def test_each_blocks_gradient_is_its_isolated_loss_from_a_detached_input(kind: str, margin: float) -> None:
+def test_log_logits_make_the_loss_the_true_class_share_of_the_goodness() -> None:
+    g = torch.tensor([[1.0, 3.0, 6.0], [2.0, 2.0, 4.0]], dtype=torch.float64)
+    y = torch.tensor([2, 0])
+    share = torch.stack([g[0, 2] / g[0].sum(), g[1, 0] / g[1].sum()])
+    torch.testing.assert_close(sff_loss(g, y), -torch.log(share).mean(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sff_loss(g * 1000, y), sff_loss(g, y), atol=1e-6, rtol=0)  # scale-invariant
+
+
+@pytest.mark.parametrize(("kind", "margin", "logits"), [("ce", 0.0, "log"), ("margin", 0.5, "log"), ("ce", 0.0, "raw")])
+def test_each_blocks_gradient_is_its_isolated_loss_from_a_detached_input(kind: str, margin: float, logits: str) -> None:
     blocks = [b.double() for b in _cnn()]
     x, y = _batch()
     heads = build_goodness_heads(_shapes(blocks, x)[:-1], C).double()
-    losses = sff_backward(blocks, heads, x, y, kind, margin, final_loss=F.cross_entropy)  # type: ignore[arg-type]
+    losses = sff_backward(blocks, heads, x, y, kind, margin, logits, final_loss=F.cross_entropy)  # type: ignore[arg-type]
     got = [[p.grad.clone() for p in (*b.parameters(), *(h.parameters() if h is not None else ()))] for b, h in zip(blocks, [*heads, None])]
 
     # Reference: the inputs of every block from a plain forward, then each block's loss on its own.
@@ -112,7 +124,7 @@ def test_each_blocks_gradient_is_its_isolated_loss_from_a_detached_input(kind: s
         out = block(inputs[index].clone())
         if index < len(heads):
             params = [*block.parameters(), *heads[index].parameters()]
-            loss = sff_loss(class_goodness(heads[index](out)), y, kind, margin)  # type: ignore[arg-type]
+            loss = sff_loss(class_goodness(heads[index](out)), y, kind, margin, logits)  # type: ignore[arg-type]
         else:
             params = list(block.parameters())
             loss = F.cross_entropy(out, y)
@@ -162,7 +174,7 @@ def test_every_parameter_of_resnet18_and_mobilenet_v3_receives_a_gradient(make) 
     assert sum(bool(p.grad.abs().sum() > 0) for p in params.values()) > 0.9 * len(params)
 
 
-def test_votes_average_the_blocks_softmax_and_last_takes_the_last_block() -> None:
+def test_votes_average_the_blocks_probabilities_and_last_takes_the_last_block() -> None:
     blocks = _cnn()
     x, _ = _batch()
     x = x.float()
@@ -175,9 +187,12 @@ def test_votes_average_the_blocks_softmax_and_last_takes_the_last_block() -> Non
         for block, head in zip(blocks, heads):
             h = block(h)
             goodness.append(class_goodness(head(h)))
+    shares = [g / g.sum(dim=1, keepdim=True) for g in goodness]  # softmax of log(g) (up to the 1e-6)
+    torch.testing.assert_close(sff_votes(blocks, heads, x).exp(), torch.stack(shares).mean(dim=0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sff_votes(blocks, heads, x, "last").exp(), shares[-1], atol=1e-5, rtol=1e-4)
     average = torch.stack([F.softmax(g, dim=1) for g in goodness]).mean(dim=0)
-    torch.testing.assert_close(sff_votes(blocks, heads, x).exp(), average)
-    torch.testing.assert_close(sff_votes(blocks, heads, x, "last"), F.log_softmax(goodness[-1], dim=1))
+    torch.testing.assert_close(sff_votes(blocks, heads, x, logits="raw").exp(), average)
+    torch.testing.assert_close(sff_votes(blocks, heads, x, "last", "raw"), F.log_softmax(goodness[-1], dim=1))
     with pytest.raises(ValueError, match="HINT"):
         vote_scores(goodness, "first")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="goodness heads for.*HINT"):

@@ -32,19 +32,19 @@ class _FirstStep(L.Callback):
             self.heads = copy.deepcopy(pl_module.sff_heads)
 
 
-@pytest.mark.parametrize(("loss", "margin"), [("ce", 1.0), ("margin", 0.5)])
-def test_a_lightning_step_equals_sff_backward(loss: str, margin: float) -> None:
+@pytest.mark.parametrize(("loss", "margin", "logits"), [("ce", 1.0, "log"), ("margin", 0.5, "raw")])
+def test_a_lightning_step_equals_sff_backward(loss: str, margin: float, logits: str) -> None:
     module = _module()
     reference = copy.deepcopy(module)
     probe = _FirstStep()
-    rule = SFFRule(loss=loss, margin=margin)  # type: ignore[arg-type]
+    rule = SFFRule(loss=loss, margin=margin, logits=logits)  # type: ignore[arg-type]
     trainer(strategy=RuleStrategy(rule=rule), max_steps=1, callbacks=[probe]).fit(module, loader(image_data(n=32)))
     assert probe.grads is not None
     x, y = next(iter(loader(image_data(n=32))))
     heads = probe.heads
     for head in heads:
         head.zero_grad(set_to_none=True)
-    sff_backward(list(reference.net), list(heads), x, y, loss, margin, final_loss=F.cross_entropy)  # type: ignore[arg-type]
+    sff_backward(list(reference.net), list(heads), x, y, loss, margin, logits, final_loss=F.cross_entropy)  # type: ignore[arg-type]
     expected = {n: p.grad for n, p in reference.named_parameters()}
     expected |= {f"sff_heads.{n}": p.grad for n, p in heads.named_parameters()}
     assert set(probe.grads) == set(expected)
@@ -106,6 +106,7 @@ def test_arguments_are_validated() -> None:
     for kwargs, match in (
         ({"loss": "hinge"}, "loss"),
         ({"margin": -1.0}, "margin"),
+        ({"logits": "exp"}, "logits"),
         ({"kernel_size": 2}, "kernel_size"),
         ({"inference": "vote"}, "inference"),
         ({"num_classes": 1}, "num_classes"),

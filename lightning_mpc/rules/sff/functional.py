@@ -4,14 +4,16 @@ Every block ``k`` but the last gets a goodness head: the block's output is layer
 value of a sample, no affine parameters) and a small convolution maps it to one channel ``a_c`` per class;
 the goodness of class ``c`` is the mean over positions of ``a_c^2``. One pass serves every class: the true
 class is the positive, all others are negatives, and the block's loss is the cross-entropy over the goodness
-vector (``loss="ce"``), or the log-sum-exp margin variant ``softplus(LSE_{c != y} g_c - g_y + margin)``
-(``loss="margin"``; with ``margin = 0`` it equals the cross-entropy). Back-propagation runs inside each block
+vector (``loss="ce"``), or the log-sum-exp margin variant ``softplus(LSE_{c != y} z_c - z_y + margin)``
+(``loss="margin"``; with ``margin = 0`` it equals the cross-entropy), where the logits ``z`` are
+``log(g + 1e-6)`` (``logits="log"``: the cross-entropy of the true class's share of the total goodness,
+invariant to the goodness's scale) or the goodness itself (``logits="raw"``). Back-propagation runs inside each block
 (block and head) and never crosses blocks: a block's input is the detached output of the one before.
 
 The last block (the model's classifier) has no goodness head; it learns from the model's own loss on its
 detached input (:func:`sff_backward`'s ``final_loss``).
 
-Inference averages the blocks' goodness votes (``softmax(g_k)`` averaged over the blocks; the log of the
+Inference averages the blocks' goodness votes (``softmax(z_k)`` averaged over the blocks; the log of the
 average is returned, so that its arg-max is the vote and a cross-entropy on it is the ensemble's
 negative log-likelihood), or takes the last block's vote only.
 
@@ -45,6 +47,7 @@ __all__ = [
     "build_goodness_heads",
     "class_goodness",
     "goodness_head_spec",
+    "goodness_logits",
     "sff_backward",
     "sff_block_loss",
     "sff_loss",
@@ -53,6 +56,9 @@ __all__ = [
 ]
 
 SFFLoss = Literal["ce", "margin"]
+Logits = Literal["log", "raw"]
+LOG_EPS = 1e-6
+"""Added to the goodness before its logarithm (``logits="log"``)."""
 Vote = Literal["average", "last"]
 LossScale = Callable[[Tensor], Tensor]
 
@@ -134,20 +140,38 @@ def class_goodness(a: Tensor) -> Tensor:
     return squares.flatten(2).mean(dim=2) if squares.ndim > 2 else squares
 
 
-def sff_loss(goodness: Tensor, labels: Tensor, kind: SFFLoss = "ce", margin: float = 1.0) -> Tensor:
+def goodness_logits(goodness: Tensor, logits: Logits = "log") -> Tensor:
+    """The logits the block loss runs over: ``log(g + 1e-6)`` (``"log"``) or the goodness itself (``"raw"``)."""
+    if logits == "log":
+        return torch.log(goodness + LOG_EPS)
+    if logits == "raw":
+        return goodness
+    raise ValueError(f"Scalable FF logits must be 'log' or 'raw', got {logits!r}. HINT: use logits='log'.")
+
+
+def sff_loss(
+    goodness: Tensor, labels: Tensor, kind: SFFLoss = "ce", margin: float = 1.0, logits: Logits = "log"
+) -> Tensor:
     """The block loss over the goodness vector: the true class is the positive, every other class a negative.
 
+    With ``z`` the logits (:func:`goodness_logits`): ``"ce"`` is ``cross_entropy(z, y)``; ``"margin"`` is
+    ``mean softplus(LSE_{c != y} z_c - z_y + margin)``, which is the cross-entropy at ``margin = 0``. With
+    ``logits="log"`` the cross-entropy is ``-log(g_y / sum_c g_c)``: the share of the true class in the total
+    goodness, invariant to the goodness's scale; with ``"raw"`` the goodness are the logits themselves.
+
     Args:
-        goodness: ``(N, C)``.
+        goodness: ``(N, C)``, non-negative.
         labels: ``(N,)`` integer classes.
-        kind: ``"ce"``: ``cross_entropy(g, y)``; ``"margin"``: ``mean softplus(LSE_{c != y} g_c - g_y + margin)``.
+        kind: ``"ce"`` or ``"margin"``.
         margin: the margin of ``"margin"``.
+        logits: ``"log"`` or ``"raw"``.
     """
+    z = goodness_logits(goodness, logits)
     if kind == "ce":
-        return F.cross_entropy(goodness, labels)
+        return F.cross_entropy(z, labels)
     if kind == "margin":
-        positive = goodness.gather(1, labels.view(-1, 1)).squeeze(1)
-        others = goodness.scatter(1, labels.view(-1, 1), float("-inf"))
+        positive = z.gather(1, labels.view(-1, 1)).squeeze(1)
+        others = z.scatter(1, labels.view(-1, 1), float("-inf"))
         return F.softplus(torch.logsumexp(others, dim=1) - positive + margin).mean()
     raise ValueError(f"Scalable FF loss must be 'ce' or 'margin', got {kind!r}. HINT: use loss='ce'.")
 
@@ -158,6 +182,7 @@ def sff_block_loss(
     labels: Tensor,
     kind: SFFLoss = "ce",
     margin: float = 1.0,
+    logits: Logits = "log",
     *,
     scale: LossScale | None = None,
     observer: EngineObserver | None = None,
@@ -171,6 +196,7 @@ def sff_block_loss(
         labels: ``(N,)`` classes.
         kind: the loss (see :func:`sff_loss`).
         margin: the margin of ``"margin"``.
+        logits: ``"log"`` or ``"raw"`` (see :func:`sff_loss`).
         scale: applied to the loss before its backward.
         observer: receives ``local_loss`` and the backward events.
         index: the block's index, for the observer.
@@ -179,7 +205,7 @@ def sff_block_loss(
         ``(loss, goodness)``, both detached.
     """
     goodness = class_goodness(head(output))
-    loss = sff_loss(goodness, labels, kind, margin)
+    loss = sff_loss(goodness, labels, kind, margin, logits)
     if observer is not None:
         observer.local_loss(index, goodness, loss)
     if loss.requires_grad:
@@ -199,6 +225,7 @@ def sff_backward(
     labels: Tensor,
     kind: SFFLoss = "ce",
     margin: float = 1.0,
+    logits: Logits = "log",
     *,
     final_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     scale: LossScale | None = None,
@@ -217,6 +244,7 @@ def sff_backward(
         labels: ``(N,)`` classes.
         kind: the block loss (see :func:`sff_loss`).
         margin: the margin of ``"margin"``.
+        logits: ``"log"`` or ``"raw"`` (see :func:`sff_loss`).
         final_loss: the loss of the last block's output (the model's own), or ``None`` to leave it untrained.
         scale: applied to every loss before its backward.
         observer: receives the events of every block.
@@ -241,7 +269,9 @@ def sff_backward(
         if observer is not None:
             observer.block_finished(index, out)
         if index < len(heads):
-            loss, _ = sff_block_loss(out, heads[index], labels, kind, margin, scale=scale, observer=observer, index=index)
+            loss, _ = sff_block_loss(
+                out, heads[index], labels, kind, margin, logits, scale=scale, observer=observer, index=index
+            )
             losses.append(loss)
         elif final_loss is not None:
             loss = final_loss(out, labels)
@@ -252,24 +282,27 @@ def sff_backward(
     return losses
 
 
-def vote_scores(goodness: Sequence[Tensor], vote: Vote = "average") -> Tensor:
-    """Class scores from the blocks' goodness vectors: the log of the averaged ``softmax(g_k)`` (``"average"``),
-    or ``log_softmax`` of the last block's goodness (``"last"``)."""
+def vote_scores(goodness: Sequence[Tensor], vote: Vote = "average", logits: Logits = "log") -> Tensor:
+    """Class scores from the blocks' goodness vectors: the log of the averaged block probabilities
+    ``softmax(z_k)`` (``"average"``), or ``log_softmax(z)`` of the last block (``"last"``); ``z`` are the logits
+    the blocks were trained on (:func:`goodness_logits`)."""
     if not goodness:
         raise ValueError("vote_scores got no goodness vectors. HINT: the network needs at least one block with a head.")
     if vote == "last":
-        return F.log_softmax(goodness[-1].float(), dim=1)
+        return F.log_softmax(goodness_logits(goodness[-1].float(), logits), dim=1)
     if vote != "average":
         raise ValueError(f"vote must be 'average' or 'last', got {vote!r}. HINT: use vote='average'.")
-    stacked = torch.stack([F.log_softmax(g.float(), dim=1) for g in goodness])
+    stacked = torch.stack([F.log_softmax(goodness_logits(g.float(), logits), dim=1) for g in goodness])
     return torch.logsumexp(stacked, dim=0) - math.log(len(goodness))
 
 
 @torch.no_grad()
-def sff_votes(blocks: Sequence[nn.Module], heads: Sequence[nn.Module], x: Tensor, vote: Vote = "average") -> Tensor:
+def sff_votes(
+    blocks: Sequence[nn.Module], heads: Sequence[nn.Module], x: Tensor, vote: Vote = "average", logits: Logits = "log"
+) -> Tensor:
     """The class scores of Scalable FF's inference (see :func:`vote_scores`): ``(N, C)``; the arg-max is the class."""
     goodness: list[Tensor] = []
     for index, head in enumerate(heads):
         x = blocks[index](x)
         goodness.append(class_goodness(head(x)))
-    return vote_scores(goodness, vote)
+    return vote_scores(goodness, vote, logits)

@@ -25,6 +25,7 @@ from lightning_mpc.rules.labels import class_count, class_labels
 from lightning_mpc.rules.sff.functional import (
     GoodnessHead,
     GoodnessHeadSpec,
+    Logits,
     SFFLoss,
     class_goodness,
     goodness_head_spec,
@@ -71,6 +72,7 @@ class _TrainListener:
             self.labels,
             rule.loss,
             rule.margin,
+            rule.logits,
             scale=self.step.scale,
             observer=observer,
             index=index,
@@ -102,7 +104,8 @@ class _VoteListener:
             return output
         if index == len(heads):
             goodness, self.goodness = self.goodness, []
-            scores = vote_scores(goodness, "last" if self.rule.inference == "last" else "average")
+            vote = "last" if self.rule.inference == "last" else "average"
+            scores = vote_scores(goodness, vote, self.rule.logits)
             return scores.to(output.dtype) if isinstance(output, Tensor) and output.is_floating_point() else scores
         return output
 
@@ -112,8 +115,11 @@ class SFFRule(CreditRule):
 
     Args:
         loss: ``"ce"`` (cross-entropy over the class goodness vector) or ``"margin"`` (``softplus(LSE of the
-            other classes' goodness - the true class's + margin)``; ``margin = 0`` is the cross-entropy).
+            other classes' logits - the true class's + margin)``; ``margin = 0`` is the cross-entropy).
         margin: the margin of ``loss="margin"``.
+        logits: what the loss treats as logits: ``"log"`` (``log(g + 1e-6)``: the cross-entropy of the true
+            class's share of the total goodness; stable under SGD) or ``"raw"`` (the goodness itself; its
+            square makes plain SGD diverge on ResNet-18, use Adam or small steps).
         kernel_size: the goodness heads' convolution kernel (odd).
         inference: ``"average"`` (the blocks' averaged goodness votes), ``"last"`` (the last goodness block's
             vote) or ``"model"`` (the model's own classifier, the last block).
@@ -127,6 +133,7 @@ class SFFRule(CreditRule):
         self,
         loss: SFFLoss = "ce",
         margin: float = 1.0,
+        logits: Logits = "log",
         kernel_size: int = 3,
         inference: Inference = "average",
         num_classes: int | None = None,
@@ -134,6 +141,8 @@ class SFFRule(CreditRule):
         super().__init__()
         if loss not in ("ce", "margin"):
             raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}. HINT: use loss='ce'.")
+        if logits not in ("log", "raw"):
+            raise ValueError(f"logits must be 'log' or 'raw', got {logits!r}. HINT: use logits='log'.")
         if not margin >= 0:
             raise ValueError(f"margin must be 0 or more, got {margin}. HINT: use margin=1.0 (0 is the cross-entropy).")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
@@ -146,6 +155,7 @@ class SFFRule(CreditRule):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}. HINT: leave it None to read it from the model.")
         self.loss: SFFLoss = loss
         self.margin = float(margin)
+        self.logits: Logits = logits
         self.kernel_size = kernel_size
         self.inference: Inference = inference
         self.requested_classes = num_classes
@@ -156,7 +166,7 @@ class SFFRule(CreditRule):
         self._listener: _TrainListener | None = None
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"rule": self.name, "loss": self.loss, "margin": self.margin}
+        info: dict[str, Any] = {"rule": self.name, "loss": self.loss, "margin": self.margin, "logits": self.logits}
         info |= {"kernel_size": self.kernel_size, "inference": self.inference}
         if self._blocks:
             info |= {"num_blocks": len(self._blocks), "num_classes": self.num_classes}
