@@ -64,7 +64,8 @@ def accuracy_table(args: argparse.Namespace) -> str:
             data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
             model = build(name, 10, args.lr)
             loss = method.removeprefix("SFF, ").removesuffix(" loss")
-            strategy = "auto" if method == "BP" else RuleStrategy(rule=SFFRule(loss=loss), telemetry=False)  # type: ignore[arg-type]
+            rule = SFFRule(loss=loss, logits=args.logits)  # type: ignore[arg-type]
+            strategy = "auto" if method == "BP" else RuleStrategy(rule=rule, telemetry=False)
             trainer = accuracy_trainer(strategy, args.epochs)
             start = time.perf_counter()
             trainer.fit(model, datamodule=data)
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate (cosine schedule) of both methods")
     parser.add_argument("--limit", type=int, default=None, help="use only this many digits per split (smoke runs)")
     parser.add_argument("--losses", nargs="+", default=["ce", "margin"], choices=["ce", "margin"], help="SFF block losses")
-    parser.add_argument("--classes", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--logits", default="log", choices=["log", "raw"], help="SFF logits (see SFFRule)")
+    parser.add_argument("--classes", type=int, nargs="*", default=[10, 100], help="none: skip the cost table")
     parser.add_argument("--memory-batch", type=int, default=64, help="batch of the step time and memory measurement")
     parser.add_argument("--rounds", type=int, default=10, help="timing rounds (one step of each method per round)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -156,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         with quiet_lightning(all_warnings=True):
             print()
             print(accuracy_table(args))
-    print()
-    print(cost_table(args))
+    if args.classes:
+        print()
+        print(cost_table(args))
 
 
 if __name__ == "__main__":
