@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/memory_and_time.py
+	$(PY) benchmarks/memory_and_time.py --markdown
 
 frontier: setup
 	$(PY) benchmarks/frontier.py

@@ -1,412 +1,338 @@
-"""Activation memory and step time of MPC against back-propagation and activation checkpointing.
+"""Real memory and step time of MPC against back-propagation and activation checkpointing, side by side.
 
-Runs every configuration side by side in one process, on the same model, batch and seed:
+For every workload (``--models``), in one process, on the same model, batch and seed:
 
-* back-propagation (the model's forward, cross-entropy, one ``backward``);
-* back-propagation with activation checkpointing on every block
-  (``torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True)``);
-* MPC (:func:`lightning_mpc.horizon_backward`) in ``sliding`` and ``block`` mode for ``h`` in 1, 2, 4.
+* back-propagation (forward, cross-entropy, one ``backward``);
+* activation checkpointing (``torch.utils.checkpoint``, non-reentrant) on every block, and in segments of
+  about sqrt(T) blocks;
+* MPC (:func:`lightning_mpc.horizon_backward`) in ``sliding`` and ``block`` mode for every ``--horizons``.
 
-Memory is the peak of bytes saved for backward (:class:`lightning_mpc.SavedTensorMeter`, parameters
-excluded) over a whole step, forward and backward, next to the limit that
-:func:`lightning_mpc.profile_blocks` predicts (``window_limit(h, mode)`` for MPC, ``backprop_bytes`` for
-back-propagation). Time is the median of ``--repeats``
-forward+backward steps (no optimizer) measured without the meter; the configurations take turns, one
-step each per round, and the time ratio is the median over rounds of the ratio to back-propagation's
-step in the same round, so that drift in a shared machine's speed hits both sides alike. Only ratios
-are meant to be compared across machines.
+Memory is the **real peak** of one step: allocator bytes above what was allocated before the step
+(:class:`lightning_mpc.RealMemoryMeter`; on CPU the profiler's allocator events, on CUDA
+``max_memory_allocated``), with every ``.grad`` allocated beforehand and zeroed in place, so that no step
+pays for allocating gradients. Next to it: the window model's prediction
+(``profile_real_memory(...).predict_peak(h, mode)``; ``h = T`` for back-propagation) and, as a labelled
+breakdown, the peak of bytes saved for backward (``SavedTensorMeter``; checkpointing saves behind hooks of
+its own, so its cell is empty). Under each table: what the real peak at ``h = 1`` is made of
+(``RealMemoryProfile.breakdown(1)``).
+
+Time: the configurations take turns, one step each per round, for ``--rounds`` rounds (even rounds in
+order, odd rounds reversed); a time ratio is the median over rounds of the step time over
+back-propagation's in the same round, shown with its interquartile range. A run whose back-propagation
+steps vary by more than 1.5x is flagged as noisy.
+
+The depth-scaling tables (``--depth``, one per group of networks of one family) measure the real peak of
+back-propagation, checkpointing and MPC ``h = 1, 2`` at several depths and fit the bytes per block (the
+slope of a least-squares line of the peak against the number of blocks).
+
+On a machine with CUDA every workload is measured on the CPU and on the GPU (``--devices``); without one
+the CUDA figures are marked as not run.
 
 Usage::
 
-    python benchmarks/memory_and_time.py --markdown
-    python benchmarks/memory_and_time.py --models resnet18 --repeats 10 --threads 4
+    python benchmarks/memory_and_time.py --markdown          # or: make bench (about 3 to 5 minutes on 2 cores)
+    python benchmarks/memory_and_time.py --models mlp --batch 2048 --rounds 3 --depth none --markdown
+    python benchmarks/memory_and_time.py --quick             # seconds: tiny workloads, for tests
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
-import torch.nn.functional as F
-import torchvision
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from lightning_mpc.core.engine import horizon_backward
-from lightning_mpc.core.heads import build_heads, infer_head_spec
-from lightning_mpc.core.memory import BlockProfile, SavedTensorMeter, preserved_buffers, profile_blocks
-from lightning_mpc.core.partition import partition, run_blocks
-from lightning_mpc.core.schedule import Mode
+from lightning_mpc.bench import (
+    MIB,
+    StepConfig,
+    Table,
+    Timings,
+    Workload,
+    fit_bytes_per_block,
+    interleaved_rounds,
+    machine_line,
+    make_workload,
+    mib,
+    prepare_gradients,
+    saved_tensor_peak,
+    standard_configs,
+    step_peak,
+    time_call,
+    window_model,
+)
+from lightning_mpc.bench.steps import Step
+from lightning_mpc.bench.workloads import WORKLOAD_NAMES
+from lightning_mpc.core.memory import preserved_buffers
 
 SEED = 0
-HORIZONS = (1, 2, 4)
-MODES: tuple[Mode, ...] = ("sliding", "block")
-MIB = 2**20
-Step = Callable[[], None]
-
-
-# --------------------------------------------------------------------------- workloads
-@dataclass
-class Workload:
-    """A model cut into blocks, its local heads and one batch.
-
-    Attributes:
-        name: shown in the table's title.
-        blocks: the model's blocks, applied in order.
-        heads: one local head per block but the last.
-        x: the batch's input.
-        y: the batch's integer class targets.
-    """
-
-    name: str
-    blocks: list[nn.Module]
-    heads: nn.ModuleList
-    x: Tensor
-    y: Tensor
-
-    def modules(self) -> list[nn.Module]:
-        """Every block and head."""
-        return [*self.blocks, *self.heads]
-
-    def parameters(self) -> list[nn.Parameter]:
-        """Every block and head parameter, each once."""
-        seen: dict[int, nn.Parameter] = {}
-        for module in self.modules():
-            for param in module.parameters():
-                seen.setdefault(id(param), param)
-        return list(seen.values())
-
-
-def mlp_blocks(width: int = 1024, depth: int = 8, in_features: int = 784, classes: int = 10) -> list[nn.Module]:
-    """``depth`` blocks: Linear+BatchNorm+ReLU from ``in_features`` to ``width``, then ``width`` to ``width``,
-    and a last Linear to ``classes``."""
-
-    def hidden(fan_in: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(fan_in, width), nn.BatchNorm1d(width), nn.ReLU())
-
-    layers = [hidden(in_features), *(hidden(width) for _ in range(depth - 2)), nn.Linear(width, classes)]
-    return partition(nn.Sequential(*layers))
-
-
-def resnet18_blocks(classes: int = 10) -> list[nn.Module]:
-    """torchvision's resnet18 (random weights, nothing downloaded) cut by :func:`partition`."""
-    return partition(torchvision.models.resnet18(weights=None, num_classes=classes))
-
-
-def local_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
-    """Heads inferred from the blocks' output shapes (pooled + linear for feature maps)."""
-    shapes = []
-    with torch.no_grad(), preserved_buffers(blocks):
-        for block in blocks:
-            x = block(x)
-            shapes.append(x.shape)
-    return build_heads([infer_head_spec(k, shape, shapes[-1]) for k, shape in enumerate(shapes[:-1])])
-
-
-def make_workload(name: str, device: torch.device) -> Workload:
-    """Build one of the benchmark's workloads with a fixed seed.
-
-    Args:
-        name: ``"mlp"`` (8 blocks, width 1024, batch 256 of flattened 28x28 inputs) or
-            ``"resnet18"`` (10 blocks, batch 32 of 3x32x32 inputs).
-        device: where the model and the batch live.
-
-    Raises:
-        ValueError: for an unknown name.
-    """
-    torch.manual_seed(SEED)
-    if name == "mlp":
-        blocks, x = mlp_blocks(), torch.randn(256, 784)
-    elif name == "resnet18":
-        blocks, x = resnet18_blocks(), torch.randn(32, 3, 32, 32)
-    else:
-        raise ValueError(f"Unknown model {name!r}. HINT: choose from mlp, resnet18.")
-    y = torch.randint(0, 10, (x.shape[0],))
-    blocks = [block.to(device).train() for block in blocks]
-    x, y = x.to(device), y.to(device)
-    heads = local_heads(blocks, x).to(device).train()
-    return Workload(name, blocks, heads, x, y)
-
-
-# --------------------------------------------------------------------------- steps
-def backprop_step(w: Workload) -> Step:
-    """Forward through every block, cross-entropy, one backward."""
-
-    def step() -> None:
-        F.cross_entropy(run_blocks(w.blocks, w.x), w.y).backward()
-
-    return step
-
-
-def checkpoint_step(w: Workload) -> Step:
-    """Back-propagation with every block under reentrant activation checkpointing.
-
-    The input requires grad so that the first checkpointed block (and so block 0's parameters) is
-    part of the graph; reentrant checkpointing recomputes each block inside ``backward``, where the
-    meter sees the recomputed activations.
-    """
-
-    def step() -> None:
-        x = w.x.detach().requires_grad_(True)
-        for block in w.blocks:
-            x = checkpoint(block, x, use_reentrant=True)
-        F.cross_entropy(x, w.y).backward()
-
-    return step
-
-
-def mpc_step(w: Workload, horizon: int, mode: Mode) -> Step:
-    """One :func:`horizon_backward` call (interleaved forward and window backwards)."""
-
-    def step() -> None:
-        horizon_backward(w.blocks, w.heads, w.x, w.y, F.cross_entropy, horizon, mode)
-
-    return step
+DEPTH_DEFAULT = ["resnet20,resnet56,resnet110", "mlp-8,mlp-16,mlp-32"]
+QUICK = {"models": "mlp-4", "batch": 32, "rounds": 2, "depth": ["mlp-2,mlp-3,mlp-4"], "depth_batch": 32}
+PREDICTION_BAND = (0.8, 1.25)
+"""Measured over predicted outside this band is listed under the table."""
 
 
 @dataclass
-class Config:
-    """One row of the table.
+class Row:
+    """One configuration's figures.
 
     Attributes:
-        label: the row's name.
-        step: runs one forward+backward step.
-        horizon: the MPC horizon (``None`` for back-propagation and checkpointing).
-        limit_bytes: predicted activation bytes (``None`` where no prediction applies).
-        peak_bytes: measured peak of bytes saved for backward.
-        cuda_bytes: ``max_memory_allocated`` over the step minus what was allocated before (CUDA only).
-        times: seconds of each timed repeat.
+        config: the configuration.
+        peak_bytes: the real peak of one step.
+        predicted_bytes: the window model's prediction (``None`` for checkpointing).
+        saved_bytes: peak bytes saved for backward, a breakdown (``None`` for checkpointing).
     """
 
-    label: str
-    step: Step
-    horizon: int | None = None
-    limit_bytes: int | None = None
+    config: StepConfig
     peak_bytes: int = 0
-    cuda_bytes: int | None = None
-    times: list[float] = field(default_factory=list)
-
-    @property
-    def median_time(self) -> float:
-        """Median step time in seconds."""
-        return statistics.median(self.times)
-
-    def time_ratio(self, base: Config) -> float:
-        """Median over rounds of this row's time over ``base``'s time in the same round.
-
-        Pairing the repeats by round cancels most of the drift of a shared machine's speed, which
-        hits every configuration of a round alike.
-        """
-        return statistics.median(t / b for t, b in zip(self.times, base.times))
+    predicted_bytes: int | None = None
+    saved_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
 
 
-def configs_for(w: Workload, profile: BlockProfile) -> list[Config]:
-    """Back-propagation, checkpointing, then MPC sliding and block for every horizon."""
-    rows = [
-        Config("back-propagation", backprop_step(w), limit_bytes=profile.backprop_bytes),
-        Config("BP + checkpoint per block", checkpoint_step(w)),
-    ]
-    for mode in MODES:
-        for h in HORIZONS:
-            limit = profile.window_limit(h, mode)
-            rows.append(Config(f"MPC {mode} h={h}", mpc_step(w, h, mode), horizon=h, limit_bytes=limit))
-    return rows
-
-
-# --------------------------------------------------------------------------- measurement
-def zero_grads(params: Sequence[nn.Parameter]) -> None:
-    """Zero gradients in place, so no step pays for (or counts) allocating them."""
-    for param in params:
-        if param.grad is not None:
-            param.grad.zero_()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_saved_bytes(step: Step, params: Sequence[nn.Parameter]) -> int:
-    """Peak bytes saved for backward over one whole step (forward and backward inside the meter)."""
-    zero_grads(params)
-    meter = SavedTensorMeter(exclude=params)
-    with meter:
+def warm_up(step: Step, params: list[torch.nn.Parameter], times: int) -> None:
+    """Untimed steps (first-call allocations, kernel choice)."""
+    for _ in range(times):
+        prepare_gradients(params)
         step()
-    return meter.peak_bytes
 
 
-def measure_cuda_bytes(step: Step, params: Sequence[nn.Parameter], device: torch.device) -> int:
-    """Growth of ``torch.cuda.max_memory_allocated`` over one step, above what was allocated before it."""
-    zero_grads(params)
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    step()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
+def timed_step(step: Step, params: list[torch.nn.Parameter], device: torch.device) -> float:
+    """Seconds of one step; gradients are zeroed in place beforehand, outside the timing."""
+    prepare_gradients(params)
+    return time_call(step, device=device)
 
 
-def time_step(step: Step, params: Sequence[nn.Parameter], device: torch.device) -> float:
-    """Seconds of one forward+backward step (gradients zeroed beforehand, outside the timing)."""
-    zero_grads(params)
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def measure(w: Workload, repeats: int, warmup: int, device: torch.device) -> tuple[list[Config], BlockProfile]:
-    """Measure every configuration of a workload.
-
-    Each configuration is warmed up, then metered once for memory (and once for CUDA memory on a
-    GPU); the timed repeats then take turns across configurations. Buffers (BatchNorm statistics)
-    are restored at the end.
-
-    Args:
-        w: the workload.
-        repeats: timed steps per configuration.
-        warmup: untimed steps per configuration before any measurement.
-        device: the workload's device.
+def measure(w: Workload, args: argparse.Namespace, device: torch.device) -> tuple[list[Row], Timings, dict[str, int]]:
+    """Every configuration of a workload: real peak, prediction, saved-tensor breakdown, interleaved timing.
 
     Returns:
-        The measured rows and the block profile their predictions come from.
+        The rows, their timings and the window model's breakdown of the real peak at ``h = 1``.
     """
     params = w.parameters()
     with preserved_buffers(w.modules()):
-        profile = profile_blocks(w.blocks, w.heads, w.x, w.y, F.cross_entropy)
-        rows = configs_for(w, profile)
+        model = window_model(w)
+        rows = [Row(c) for c in standard_configs(w, args.horizons, args.modes)]
         for row in rows:
             torch.manual_seed(SEED)
-            for _ in range(warmup):
-                zero_grads(params)
-                row.step()
-            row.peak_bytes = measure_saved_bytes(row.step, params)
-            if device.type == "cuda":
-                row.cuda_bytes = measure_cuda_bytes(row.step, params, device)
-        for _ in range(repeats):
-            for row in rows:
-                torch.manual_seed(SEED)
-                row.times.append(time_step(row.step, params, device))
-    return rows, profile
+            warm_up(row.config.step, params, args.warmup)
+            row.peak_bytes = step_peak(row.config.step, params, device).peak_bytes
+            row.predicted_bytes = model.predict(row.config)
+            if row.config.kind != "checkpoint":
+                row.saved_bytes = saved_tensor_peak(row.config.step, params)
+        runs = {row.config.label: partial(timed_step, row.config.step, params, device) for row in rows}
+        timings = interleaved_rounds(runs, args.rounds)
+    return rows, timings, model.local.breakdown(1)
 
 
-# --------------------------------------------------------------------------- report
-def table(rows: Sequence[Config], cuda: bool) -> list[list[str]]:
-    """The table's header and cells; ratios are to the back-propagation row (time: paired by round)."""
-    base = rows[0]
-    header = ["configuration", "peak MiB", "x BP", "limit MiB", "peak/limit", "ms", "time x BP"]
-    if cuda:
-        header.append("CUDA peak MiB")
-    cells = [header]
-    for row in rows:
-        limit = "-" if row.limit_bytes is None else f"{row.limit_bytes / MIB:.2f}"
-        fit = "-" if row.limit_bytes is None else f"{row.peak_bytes / row.limit_bytes:.2f}"
-        line = [
-            row.label,
-            f"{row.peak_bytes / MIB:.2f}",
-            f"{row.peak_bytes / base.peak_bytes:.2f}",
-            limit,
-            fit,
-            f"{row.median_time * 1e3:.1f}",
-            f"{row.time_ratio(base):.2f}",
-        ]
-        if cuda:
-            line.append(f"{(row.cuda_bytes or 0) / MIB:.2f}")
-        cells.append(line)
-    return cells
-
-
-def render(cells: Sequence[Sequence[str]], markdown: bool) -> str:
-    """Aligned plain text, or a Markdown table."""
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
-
-    def fmt(line: Sequence[str]) -> str:
-        parts = [c.ljust(n) if i == 0 else c.rjust(n) for i, (c, n) in enumerate(zip(line, widths))]
-        return "| " + " | ".join(parts) + " |" if markdown else "  ".join(parts)
-
-    lines = [fmt(cells[0])]
-    if markdown:
-        lines.append("|" + "|".join("-" * (n + 1) + (":" if i else "-") for i, n in enumerate(widths)) + "|")
-    else:
-        lines.append("-" * len(lines[0]))
-    lines.extend(fmt(line) for line in cells[1:])
-    return "\n".join(lines)
-
-
-def anomalies(rows: Sequence[Config], num_blocks: int, tolerance: float = 1.2) -> list[str]:
-    """MPC rows whose peak exceeds ``tolerance`` x the limit, or is not below back-propagation for ``h < T``."""
-    base = rows[0].peak_bytes
+def checks(rows: Sequence[Row], num_blocks: int) -> list[str]:
+    """MPC rows not below back-propagation for ``h < T``, and predictions off by more than :data:`PREDICTION_BAND`."""
+    bp = rows[0].peak_bytes
     found = []
     for row in rows:
-        if row.horizon is None or row.limit_bytes is None:
-            continue
-        if row.peak_bytes > tolerance * row.limit_bytes:
-            found.append(f"{row.label}: peak {row.peak_bytes / row.limit_bytes:.2f} x its limit (> {tolerance})")
-        if row.horizon < num_blocks and row.peak_bytes >= base:
-            found.append(f"{row.label}: peak {row.peak_bytes / base:.2f} x back-propagation with h < T = {num_blocks}")
+        if row.predicted_bytes:
+            fit = row.peak_bytes / row.predicted_bytes
+            if not PREDICTION_BAND[0] <= fit <= PREDICTION_BAND[1]:
+                found.append(f"{row.config.label}: measured {fit:.2f} x the window model's prediction")
+        horizon = row.config.horizon
+        if horizon is not None and horizon < num_blocks and row.peak_bytes >= bp:
+            found.append(f"{row.config.label}: {row.peak_bytes / bp:.2f} x back-propagation with h < T = {num_blocks}")
     return found
 
 
-def machine_line(threads: int) -> str:
-    """Processor (or architecture), torch version and thread count."""
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        processor = names[0] if names else processor
-    except OSError:
-        pass
-    return f"machine: {processor} | torch {torch.__version__} | {threads} threads"
-
-
-def report(w: Workload, rows: Sequence[Config], profile: BlockProfile, markdown: bool, cuda: bool) -> str:
-    """Title, table, timing spread and anomaly notes of one workload."""
-    per_block = ", ".join(f"{b / MIB:.2f}" for b in profile.block_bytes)
-    title = f"{w.name}: {len(w.blocks)} blocks, input {tuple(w.x.shape)}; profiled MiB per block: {per_block}"
-    notes = anomalies(rows, len(w.blocks))
-    base = rows[0].times
-    spread = (
-        f"back-propagation's {len(base)} timed steps: {min(base) * 1e3:.1f} to {max(base) * 1e3:.1f} ms "
-        f"(max/min {max(base) / min(base):.2f}; far above 1 means a busy machine)"
+def workload_report(
+    w: Workload, rows: Sequence[Row], timings: Timings, breakdown: dict[str, int], device: torch.device, markdown: bool
+) -> str:
+    """The table of one workload on one device, the noise line, the h = 1 breakdown and the checks."""
+    bp = rows[0].peak_bytes
+    table = Table(
+        [
+            "configuration",
+            "real peak MiB",
+            "x BP",
+            "predicted MiB",
+            "real/pred",
+            "saved-for-backward MiB (breakdown)",
+            "ms",
+            "time x BP (IQR)",
+        ]
     )
-    lines = [f"### {title}" if markdown else title, "", render(table(rows, cuda), markdown), "", spread, ""]
-    lines.append("anomalies: none" if not notes else "anomalies:\n" + "\n".join(f"- {n}" for n in notes))
+    for row in rows:
+        label = row.config.label
+        fit = "-" if not row.predicted_bytes else f"{row.peak_bytes / row.predicted_bytes:.2f}"
+        table.add(
+            label,
+            mib(row.peak_bytes),
+            f"{row.peak_bytes / bp:.2f}",
+            mib(row.predicted_bytes),
+            fit,
+            mib(row.saved_bytes),
+            f"{1e3 * timings.time(label).median:.1f}",
+            timings.ratio(label).format(),
+        )
+    total = sum(breakdown.values())
+    parts = (
+        ", ".join(f"{name} {mib(value)} MiB ({100 * value / total:.0f} %)" for name, value in breakdown.items())
+        if total
+        else "-"
+    )
+    title = f"{w.name} on {device.type}: {w.description}, T = {w.num_blocks}"
+    found = checks(rows, w.num_blocks)
+    lines = [
+        f"### {title}" if markdown else title,
+        "",
+        table.render(markdown),
+        "",
+        timings.noise_note(),
+        "",
+        (
+            f"What the real peak at h = 1 is made of (window model, `RealMemoryProfile.breakdown(1)`): "
+            f"{mib(total)} MiB = {parts}; graphs are the tensors saved for backward."
+        ),
+        "",
+        "checks: none" if not found else "checks:\n" + "\n".join(f"- {n}" for n in found),
+    ]
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- entry point
+DEPTH_COLUMNS: list[tuple[str, str]] = [
+    ("back-propagation", "BP"),
+    ("checkpoint every block", "ckpt every block"),
+    ("sqrt", "ckpt every ~sqrt(T)"),
+    ("MPC sliding h=1", "MPC h=1"),
+    ("MPC sliding h=2", "MPC h=2"),
+]
+
+
+def depth_peaks(w: Workload, warmup: int, device: torch.device) -> dict[str, int]:
+    """Real peaks of back-propagation, checkpointing and MPC sliding ``h = 1, 2`` on one workload, by column key."""
+    params = w.parameters()
+    peaks: dict[str, int] = {}
+    with preserved_buffers(w.modules()):
+        for config in standard_configs(w, (1, 2), ("sliding",)):
+            key = "sqrt" if config.kind == "checkpoint" and config.segment != 1 else config.label
+            torch.manual_seed(SEED)
+            warm_up(config.step, params, warmup)
+            peaks[key] = step_peak(config.step, params, device).peak_bytes
+    return peaks
+
+
+def depth_report(names: Sequence[str], batch: int | None, warmup: int, device: torch.device, markdown: bool) -> str:
+    """Real peaks of the depth-scaling group ``names`` and the fitted bytes per block of each method."""
+    table = Table(["network", "T", *(f"{title} MiB" for _, title in DEPTH_COLUMNS), "h=1 / BP"])
+    depths: list[int] = []
+    measured: list[dict[str, int]] = []
+    for name in names:
+        w = make_workload(name, batch=batch, device=device, seed=SEED)
+        peaks = depth_peaks(w, warmup, device)
+        depths.append(w.num_blocks)
+        measured.append(peaks)
+        cells = [mib(peaks.get(key)) for key, _ in DEPTH_COLUMNS]
+        ratio = peaks["MPC sliding h=1"] / peaks["back-propagation"]
+        table.add(w.name, w.num_blocks, *cells, f"{ratio:.3f}")
+        print(f"  depth {w.name}: done", file=sys.stderr, flush=True)
+    fits = []
+    for key, title in DEPTH_COLUMNS:
+        values = [(d, m[key]) for d, m in zip(depths, measured) if key in m]
+        if len({d for d, _ in values}) >= 2:
+            fit = fit_bytes_per_block([d for d, _ in values], [p for _, p in values])
+            fits.append(f"{title} {fit.slope / 1024:,.1f} KiB/block (intercept {fit.intercept / MIB:.2f} MiB)")
+    batch_text = f"batch {batch}" if batch is not None else "default batch"
+    title = f"Depth scaling on {device.type}: {', '.join(names)} ({batch_text})"
+    return "\n".join(
+        [
+            f"### {title}" if markdown else title,
+            "",
+            table.render(markdown),
+            "",
+            "Fitted bytes per block (slope of peak against T): " + "; ".join(fits) + ".",
+        ]
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration first")
-    parser.add_argument("--models", default="mlp,resnet18", help="comma-separated: mlp, resnet18")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser = argparse.ArgumentParser(prog="python benchmarks/memory_and_time.py", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", default="mlp,resnet18,resnet20", help=f"comma-separated workloads: {WORKLOAD_NAMES}"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch size of every --models workload (default: per family)"
+    )
+    parser.add_argument("--horizons", default="1,2,4", help="comma-separated MPC horizons (default: %(default)s)")
+    parser.add_argument("--modes", default="sliding,block", help="comma-separated MPC modes (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per configuration first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--depth",
+        action="append",
+        default=None,
+        help="a comma-separated group of networks of one family for a depth-scaling table; repeat for several; "
+        "'none' skips (default: resnet20,resnet56,resnet110 and mlp-8,mlp-16,mlp-32)",
+    )
+    parser.add_argument(
+        "--depth-batch", type=int, default=None, help="batch size of the depth tables (default: per family)"
+    )
+    parser.add_argument(
+        "--devices", default="auto", help="cpu, cuda or both comma-separated; auto: cpu, and cuda when present"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default: %(default)s)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="tiny workloads, 2 rounds (a smoke run for tests)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    args.horizons = [int(h) for h in str(args.horizons).split(",") if h.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.modes if m not in ("sliding", "block")]
+    if bad or not args.horizons or min(args.horizons) < 1 or args.rounds < 1:
+        parser.error(
+            f"--modes must be sliding/block, --horizons positive and --rounds >= 1 "
+            f"(got modes {args.modes}, horizons {args.horizons})"
+        )
+    groups = DEPTH_DEFAULT if args.depth is None else args.depth
+    args.depth = [[n.strip() for n in g.split(",") if n.strip()] for g in groups if g.strip() != "none"]
+    return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Measure every requested model and print one table per model."""
+def devices(spec: str) -> tuple[list[torch.device], str | None]:
+    """The devices to measure and, when CUDA was wanted but is absent, the line that says so."""
+    wanted = ["cpu", "cuda"] if spec == "auto" else [d.strip() for d in spec.split(",") if d.strip()]
+    found = [torch.device(d) for d in wanted if d != "cuda" or torch.cuda.is_available()]
+    missing = "cuda" in wanted and not torch.cuda.is_available()
+    return found, (
+        "CUDA: not run (no CUDA device on this machine); the figures below are CPU figures." if missing else None
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure every requested workload and depth group; print the tables."""
+    start = time.perf_counter()
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = device.type == "cuda"
-    print(machine_line(torch.get_num_threads()) + (f" | {torch.cuda.get_device_name(device)}" if cuda else ""))
-    print(f"repeats: {args.repeats} (median), warm-up: {args.warmup}, device: {device}\n")
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        workload = make_workload(name, device)
-        rows, profile = measure(workload, args.repeats, args.warmup, device)
-        print(report(workload, rows, profile, args.markdown, cuda) + "\n")
+    torch.set_num_threads(args.threads)
+    chosen, cuda_note = devices(args.devices)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    print(f"machine: {machine_line(chosen[-1] if chosen else None)}")
+    print(f"rounds: {args.rounds}, warm-up steps: {args.warmup}, devices: {', '.join(str(d) for d in chosen)}")
+    if cuda_note:
+        print(cuda_note)
+    print()
+    for device in chosen:
+        for name in names:
+            w = make_workload(name, batch=args.batch, device=device, seed=SEED)
+            rows, timings, breakdown = measure(w, args, device)
+            print(workload_report(w, rows, timings, breakdown, device, args.markdown) + "\n", flush=True)
+        for group in args.depth:
+            print(depth_report(group, args.depth_batch, args.warmup, device, args.markdown) + "\n", flush=True)
+    print(f"wall time: {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

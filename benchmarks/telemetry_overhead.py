@@ -1,6 +1,6 @@
 """What per-block telemetry costs a training step: MPC with telemetry off against on, side by side.
 
-Trains the demo's 8-block MLP (:class:`lightning_mpc.demo.DemoMLP`) on the bundled MNIST digits with
+Trains the demo's 8-block MLP (:class:`lightning_mpc.recipes.MLPClassifier`) on the bundled MNIST digits with
 ``MPCStrategy(horizon=2)`` and a ``CSVLogger``, once per configuration, the configurations taking turns
 for ``--rounds`` rounds in one process so that drift in the machine's speed hits them alike:
 
@@ -36,23 +36,24 @@ import argparse
 import contextlib
 import functools
 import logging
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mpc import MPCStrategy, MPCTelemetry
+from lightning_mpc.bench import StepTimer, Table, interleaved_rounds, machine_line, quiet_lightning
+from lightning_mpc.bench.arguments import name_list, positive_int
+from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.data import BundledMNIST
-from lightning_mpc.demo import DemoMLP, quiet_lightning
+from lightning_mpc.recipes import MLPClassifier
 from lightning_mpc.telemetry import StepRecorder
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -69,33 +70,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-class StepClock(Callback):
-    """Wall time between consecutive ``on_train_batch_start`` calls (the last step ends at ``on_train_end``)."""
-
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self.starts.append(time.perf_counter())
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.starts.append(time.perf_counter())
-
-    def mean_ms(self, warmup: int) -> float:
-        steps = [b - a for a, b in zip(self.starts, self.starts[1:])][warmup:]
-        return 1000.0 * statistics.fmean(steps) if steps else float("nan")
-
-
 def run(name: str, *, steps: int, warmup: int, batch_size: int, horizon: int, seed: int, root: Path) -> float:
-    """Train ``steps`` steps with configuration ``name``; returns the mean step time in milliseconds."""
+    """Train ``steps`` steps with configuration ``name``; returns the mean step time in seconds after the warm-up."""
     config = CONFIGS[name]
     telemetry: Any = config["telemetry"]
     if telemetry is MPCTelemetry:
         telemetry = MPCTelemetry(alignment_every=config["alignment_every"])
     L.seed_everything(seed, verbose=False)
-    clock = StepClock()
+    clock = StepTimer(skip=warmup, until="next")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -109,29 +91,19 @@ def run(name: str, *, steps: int, warmup: int, batch_size: int, horizon: int, se
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(DemoMLP(), BundledMNIST(batch_size=batch_size, shuffle_seed=seed))
-    return clock.mean_ms(warmup)
+    trainer.fit(MLPClassifier(), BundledMNIST(batch_size=batch_size, shuffle_seed=seed))
+    return clock.mean_ms / 1000.0
 
 
-_HOOKS = {
-    MPCTelemetry: (
-        "on_train_batch_start",
-        "on_train_batch_end",
-        "on_after_backward",
-        "on_before_optimizer_step",
-        "on_train_epoch_start",
-        "on_train_epoch_end",
-    ),
-    StepRecorder: (
-        "step_started",
-        "block_started",
-        "block_finished",
-        "local_loss",
-        "backward_started",
-        "backward_finished",
-        "output_gradient",
-        "step_completed",
-    ),
+def _own_methods(cls: type, base: type) -> list[str]:
+    """Public methods ``cls`` defines itself (not inherited from ``base``)."""
+    return [n for n, v in vars(cls).items() if callable(v) and not n.startswith("_") and n not in vars(base)]
+
+
+_HOOKS: dict[type, list[str]] = {
+    MPCTelemetry: _own_methods(MPCTelemetry, object),
+    # every observer event, and the real-memory measurement the recorder starts and stops on measured steps
+    StepRecorder: [n for n in _own_methods(StepRecorder, object) if n in vars(EngineObserver) or n.endswith("_memory")],
 }
 
 
@@ -168,70 +140,70 @@ def instrumented() -> Iterator[dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=300, help="training steps per run (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the mean (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per configuration, in turns (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: %(default)s)")
-    parser.add_argument("--horizon", type=int, default=2, help="MPC horizon (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="runs per configuration, in turns (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: %(default)s)")
+    parser.add_argument("--horizon", type=positive_int, default=2, help="MPC horizon (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of: {', '.join(CONFIGS)} (default: all)"
+        "--configs",
+        type=name_list,
+        default=list(CONFIGS),
+        help=f"comma-separated subset of: {', '.join(CONFIGS)} (default: all)",
     )
     parser.add_argument("--no-instrument", action="store_true", help="skip the instrumented run of the default")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    names = args.configs
     unknown = [n for n in names if n not in CONFIGS]
     missing = sorted({CONFIGS[n]["baseline"] for n in names if n in CONFIGS} - set(names))
     if unknown or missing:
         parser.error(f"--configs must name only {list(CONFIGS)} and include the baselines {missing}; got {names}")
     torch.set_num_threads(args.threads)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    print(f"machine: {machine_line()}", flush=True)
     with tempfile.TemporaryDirectory() as root, quiet_lightning(logging.ERROR, all_warnings=True):
-        for round_index in range(args.rounds):
-            for name in names if round_index % 2 == 0 else list(reversed(names)):
-                times[name].append(
-                    run(
-                        name,
-                        steps=args.steps,
-                        warmup=args.warmup,
-                        batch_size=args.batch_size,
-                        horizon=args.horizon,
-                        seed=args.seed,
-                        root=Path(root),
-                    )
-                )
-                print(f"  round {round_index + 1}/{args.rounds} {name:<24} {times[name][-1]:8.2f} ms/step", flush=True)
+        common = {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "batch_size": args.batch_size,
+            "horizon": args.horizon,
+            "seed": args.seed,
+            "root": Path(root),
+        }
+        base = "off" if "off" in names else names[0]
+        timings = interleaved_rounds(
+            {name: partial(run, name, **common) for name in names},  # type: ignore[arg-type]
+            args.rounds,
+            base=base,
+            on_round=lambda i: print(f"  round {i + 1}/{args.rounds} done", flush=True),
+        )
         own_ms = None
         if not args.no_instrument:
             with instrumented() as totals:
-                run(
-                    "default",
-                    steps=args.steps,
-                    warmup=0,
-                    batch_size=args.batch_size,
-                    horizon=args.horizon,
-                    seed=args.seed,
-                    root=Path(root),
-                )
+                run("default", **{**common, "warmup": 0})  # type: ignore[arg-type]
             own_ms = 1000.0 * totals["seconds"] / args.steps
     print()
     print(
-        f"Telemetry overhead: DemoMLP (8 blocks, 256 wide), batch {args.batch_size}, "
-        f"MPCStrategy(horizon={args.horizon}), "
-        f"{args.steps} steps x {args.rounds} rounds, {args.threads} thread(s), torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}"
+        f"Telemetry overhead: MLPClassifier (8 blocks, 256 wide), batch {args.batch_size}, "
+        f"MPCStrategy(horizon={args.horizon}), {args.steps} steps x {args.rounds} rounds"
     )
     print()
-    print("| configuration | mean step (ms), median of rounds | baseline (telemetry off, same logging) | ratio |")
-    print("|---|---:|---|---:|")
+    table = Table(
+        ["configuration", "mean step (ms), median of rounds", "baseline (telemetry off, same logging)", "ratio"]
+    )
     for name in names:
-        value = statistics.median(times[name])
         baseline = CONFIGS[name]["baseline"]
-        ratio = value / statistics.median(times[baseline])
-        print(f"| {name} | {value:.2f} | {baseline} | {ratio:.3f} |")
-    if own_ms is not None and "off" in times:
-        off = statistics.median(times["off"])
+        value = timings.time(name).median
+        ratio = value / timings.time(baseline).median
+        table.add(name, f"{1e3 * value:.2f}", baseline, f"{ratio:.3f}")
+    print(table.render(markdown=True))
+    print()
+    print(timings.noise_note())
+    if own_ms is not None and "off" in names:
+        off = 1e3 * timings.time("off").median
         print()
         print(
             f"Telemetry's own work at default settings, timed inside its hooks over {args.steps} steps (first batch, "

@@ -2,7 +2,8 @@
 
 Trains the demo's 8-block MLP on the bundled MNIST digits with ``MPCStrategy(horizon=2)`` and
 ``MPCTelemetry(alignment_every=...)``, logging to a W&B run in offline mode (nothing leaves the machine)
-and to a ``CSVLogger`` side by side; both receive the same metrics. The figure is drawn from the CSV:
+and to a ``CSVLogger`` side by side; both receive the same metrics. The figure is drawn from the CSV by
+the package's report (:func:`lightning_mpc.report.draw_dashboard`, what ``lightning-mpc report`` draws):
 per-block local loss curves, the activation bytes each block's window holds against back-propagation,
 per-block alignment with the true gradient, and per-block time.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import logging
 import os
 import tempfile
@@ -24,9 +24,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from lightning_mpc.report import draw_dashboard, load_run
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "img" / "dashboard.png"
-_KIB = 1024.0
 
 
 @contextlib.contextmanager
@@ -70,7 +71,7 @@ def train(
 
     from lightning_mpc import MPCStrategy, MPCTelemetry
     from lightning_mpc.data import BundledMNIST
-    from lightning_mpc.demo import DemoMLP
+    from lightning_mpc.recipes import MLPClassifier
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -94,122 +95,11 @@ def train(
                 enable_model_summary=False,
                 enable_checkpointing=False,
             )
-            trainer.fit(DemoMLP(), BundledMNIST(batch_size=batch_size, limit=limit, shuffle_seed=seed))
+            trainer.fit(MLPClassifier(), BundledMNIST(batch_size=batch_size, limit=limit, shuffle_seed=seed))
         finally:
             wandb_logger.experiment.finish()
             torch.set_num_threads(threads)
     return Path(csv_logger.log_dir) / "metrics.csv"
-
-
-def load(path: Path) -> list[dict[str, float]]:
-    """The CSV rows merged per step (the telemetry's per-block row and Lightning's row of the same step)."""
-    merged: dict[int, dict[str, float]] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            if "step" in values:
-                merged.setdefault(int(values["step"]), {}).update(values)
-    return [merged[step] for step in sorted(merged)]
-
-
-def _blocks(rows: Sequence[dict[str, float]]) -> list[int]:
-    found = {int(key.split("/")[1][len("block_") :]) for row in rows for key in row if key.startswith("mpc/block_")}
-    return sorted(found)
-
-
-def _series(rows: Sequence[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
-    points = [(row["step"], row[key]) for row in rows if key in row]
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def _mean(rows: Sequence[dict[str, float]], key: str) -> float | None:
-    values = [row[key] for row in rows if key in row]
-    return sum(values) / len(values) if values else None
-
-
-def plot(rows: Sequence[dict[str, float]], out: Path, title: str = "MPC telemetry") -> Path:
-    """Draw the four panels into ``out`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    blocks = _blocks(rows)
-    if not blocks:
-        raise ValueError("No mpc/block_* metrics in the rows. HINT: train with MPCTelemetry and a logger.")
-    colors = plt.get_cmap("viridis")([i / max(len(blocks) - 1, 1) for i in range(len(blocks))])
-    last = len(blocks) - 1
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), constrained_layout=True)
-    fig.patch.set_facecolor("#f5f5f7")
-    fig.suptitle(title, x=0.01, ha="left", fontsize=12, fontweight="bold")
-    for ax in axes.flat:
-        ax.set_facecolor("white")
-        ax.grid(alpha=0.25)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-    labels = [f"block {b:02d}" + (" (model output)" if b == blocks[last] else "") for b in blocks]
-
-    ax = axes[0, 0]
-    for color, block, label in zip(colors, blocks, labels):
-        xs, ys = _series(rows, f"mpc/block_{block:02d}/loss")
-        ax.plot(xs, ys, color=color, lw=1.4, label=label)
-    ax.set_title("mpc/block_*/loss: local loss of each block's head", loc="left", fontsize=10)
-    ax.set_xlabel("trainer/global_step")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=2, frameon=False)
-
-    ax = axes[0, 1]
-    final = next((row for row in reversed(rows) if f"mpc/block_{blocks[0]:02d}/activation_bytes" in row), {})
-    values = [final.get(f"mpc/block_{b:02d}/activation_bytes", 0.0) / _KIB for b in blocks]
-    ax.bar([f"{b:02d}" for b in blocks], values, color=colors)
-    backprop = _mean(rows, "mpc/backprop_activation_bytes")
-    peak = _mean(rows, "mpc/peak_activation_bytes")
-    if backprop:
-        label = f"back-propagation: {backprop / _KIB:.0f} KiB"
-        ax.axhline(backprop / _KIB, color="#d62728", ls="--", lw=1.2, label=label)
-    if peak:
-        share = f" ({peak / backprop:.0%} of BP)" if backprop else ""
-        ax.axhline(peak / _KIB, color="black", lw=1.0, label=f"MPC step peak: {peak / _KIB:.0f} KiB{share}")
-    ax.set_title("mpc/block_*/activation_bytes: held for each block's window", loc="left", fontsize=10)
-    ax.set_xlabel("block")
-    ax.set_ylabel("KiB saved for backward")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, frameon=True, framealpha=0.9, loc="center right")
-
-    ax = axes[1, 0]
-    for color, block, label in zip(colors, blocks, labels):
-        xs, ys = _series(rows, f"mpc/block_{block:02d}/alignment")
-        if xs:
-            exact = all(abs(y - 1.0) < 1e-6 for y in ys)  # learns from the final loss, like back-propagation
-            ax.plot(xs, ys, color=color, lw=3.0 if exact else 1.4, marker="o", ms=2.5, zorder=1 if exact else 2,
-                    label=f"{label}: exactly 1" if exact else label)
-    xs, ys = _series(rows, "mpc/alignment")
-    if xs:
-        ax.plot(xs, ys, color="black", lw=2.0, ls="--", label="mpc/alignment (whole network)")
-    ax.set_title("mpc/block_*/alignment: cosine with the true gradient", loc="left", fontsize=10)
-    ax.set_xlabel("trainer/global_step")
-    ax.set_ylim(-0.2, 1.05)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, ncol=2, frameon=False, loc="lower right")
-    else:
-        message = "no alignment measured (MPCTelemetry(alignment_every=0))"
-        ax.text(0.5, 0.5, message, ha="center", transform=ax.transAxes)
-
-    ax = axes[1, 1]
-    names = [f"{b:02d}" for b in blocks]
-    forward = [_mean(rows, f"mpc/block_{b:02d}/forward_ms") or 0.0 for b in blocks]
-    backward = [_mean(rows, f"mpc/block_{b:02d}/backward_ms") or 0.0 for b in blocks]
-    ax.bar(names, forward, color="#4c72b0", label="forward_ms (block + head + loss)")
-    ax.bar(names, backward, bottom=forward, color="#dd8452", label="backward_ms (head + window VJPs)")
-    ax.set_title("mpc/block_*/forward_ms, backward_ms: mean per measured step", loc="left", fontsize=10)
-    ax.set_xlabel("block")
-    ax.set_ylabel("ms")
-    ax.legend(fontsize=8, frameon=False)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, facecolor=fig.get_facecolor())
-    plt.close(fig)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"MPC telemetry: 8-block MLP, bundled MNIST, MPCStrategy(horizon={args.horizon}), "
             f"{args.epochs} epochs (offline W&B run)"
         )
-        plot(load(path), args.out, title=title)
+        draw_dashboard(load_run(path).rows, args.out, title=title)
     print(f"Wrote {args.out}")
     return 0
 

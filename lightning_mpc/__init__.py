@@ -2,7 +2,8 @@
 
 ``import lightning_mpc`` registers every shipped credit-assignment rule as a strategy flag:
 ``Trainer(strategy="mpc")`` (horizon-truncated, model-predictive-control training) and
-``Trainer(strategy="mpc_ddp")``, and likewise every other registered rule.
+``Trainer(strategy="mpc_ddp")``, target propagation over the time steps of an RNN (``Trainer(strategy="tp")``),
+and likewise every other registered rule.
 """
 
 from lightning_mpc.core import (
@@ -33,28 +34,38 @@ from lightning_mpc.rules import (
     CreditRule,
     FFRule,
     MPCRule,
+    PEPITARule,
     RuleSetup,
     RuleStep,
     SFFRule,
+    TPRule,
     available_rules,
     get_rule,
     register_rule,
 )
+from lightning_mpc.rules.pint import PinTRule, ResidualStep, pint_backward, residual_mlp
+from lightning_mpc.rules.pint.strategy import PinTStrategy, register_pint_strategies as _register_pint_strategies
 
 __version__ = "0.2.0.dev0"
 
 _install_strategies()
+_register_pint_strategies()  # after the generic "pint" flag the rule registry installed
 
 __all__ = [
     "BlockSpan",
     "CreditRule",
     "FFRule",
     "MPCRule",
+    "PEPITARule",
+    "PinTRule",
+    "PinTStrategy",
+    "ResidualStep",
     "RuleDDPStrategy",
     "RuleSetup",
     "RuleStep",
     "RuleStrategy",
     "SFFRule",
+    "TPRule",
     "available_rules",
     "get_rule",
     "register_rule",
@@ -73,7 +84,9 @@ __all__ = [
     "horizon_backward",
     "measure_peak",
     "partition",
+    "pint_backward",
     "profile_blocks",
+    "residual_mlp",
     "select_horizon",
     "target_depths",
 ]

@@ -14,8 +14,10 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 import lightning_mpc
 from lightning_mpc import MPCStrategy
-from lightning_mpc.cli import main, run_cli, strategy_from_class_path
+from lightning_mpc.cli import main, named_strategy_arguments, run_cli, strategy_from_class_path
 from lightning_mpc.recipes import MLPClassifier, MNISTData
+from lightning_mpc.report import write_report
+from tests.report.conftest import offline_wandb_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_RECIPE = str(ROOT / "recipes" / "mnist_mlp.yaml")
@@ -96,6 +98,45 @@ def test_bad_strategy_class_path_has_a_hint() -> None:
         _build("--trainer.strategy", "lightning_mpc.MPCStrategy", "--trainer.strategy.horizon", "two")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trainer.strategy", "mcp"], "'mcp' is not a registered strategy name. Did you mean mpc?"),
+        (["--trainer.strategy", "mpc", "--trainer.strategy.horizon", "0"], "horizon must be >= 1, got 0."),
+        (["--trainer.strategy=mpc", "--trainer.strategy.horizon=0"], "horizon must be >= 1, got 0."),
+        (["--trainer.strategy", "lightning_mpc.MPCStrategy", "--trainer.strategy.horizon", "0"], "horizon must be"),
+        (["--trainer.strategy", "lightning_mpc.NoSuchStrategy"], "neither a registered strategy name nor"),
+    ],
+    ids=["misspelled-name", "name-with-bad-horizon", "equals-form", "class-path-bad-horizon", "bad-class-path"],
+)
+def test_invalid_strategy_prints_the_message_and_its_hint(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["fit", *args, "--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu", *QUIET])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-mpc: error: ") and message in err[-1] and "HINT:" in err[-1]
+    assert len(err) <= 3 and not any("Traceback" in line for line in err)  # at most Lightning's seed line above
+
+
+def test_a_registered_name_takes_init_args() -> None:
+    strategy = _build("--trainer.strategy", "mpc", "--trainer.strategy.horizon", "3").trainer.strategy
+    assert type(strategy) is MPCStrategy and strategy.horizon == 3
+    rewritten = named_strategy_arguments(["fit", "--trainer.strategy", "mpc_ddp", "--trainer.strategy.horizon", "2"])
+    assert rewritten == [
+        "fit",
+        "--trainer.strategy",
+        "lightning_mpc.lightning.ddp.MPCDDPStrategy",
+        "--trainer.strategy.start_method",
+        "popen",
+        "--trainer.strategy.horizon",
+        "2",
+    ]
+    unchanged = ["fit", "--trainer.strategy", "ddp", "--trainer.strategy.x", "1"]  # not this plugin's name
+    assert named_strategy_arguments(unchanged) == unchanged
+    assert named_strategy_arguments(["fit", "--trainer.strategy", "mpc"]) == ["fit", "--trainer.strategy", "mpc"]
+
+
 def test_default_logger_is_csv_under_the_recipe_name(tmp_path: Path) -> None:
     cli = _build("--config", MNIST_RECIPE, "--trainer.default_root_dir", str(tmp_path / "runs"))
     logger = cli.trainer.logger
@@ -131,16 +172,53 @@ def test_fit_then_validate_test_predict_from_the_checkpoint(tmp_path: Path) -> N
     assert (checkpoint.parent.parent / "metrics.csv").is_file()
     trained = fit.model.state_dict()
 
+    run = checkpoint.parent.parent
+    fit_metrics = (run / "metrics.csv").read_text(encoding="utf-8")
+
     for subcommand, metric in (("validate", "val/acc"), ("test", "test/acc")):
         cli = run_cli([subcommand, *tiny, "--ckpt_path", str(checkpoint)])
         assert 0.0 <= float(cli.trainer.callback_metrics[metric]) <= 1.0
         for key, value in cli.model.state_dict().items():  # the heads were rebuilt and restored too
             torch.testing.assert_close(value, trained[key], msg=key)
+        # the run's folder is reused: its files in <run>/<subcommand>, the fit's own files untouched
+        assert Path(cli.trainer.log_dir) == run / subcommand
+        assert metric in (run / subcommand / "metrics.csv").read_text(encoding="utf-8")
+        assert (run / subcommand / "config.yaml").is_file()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no new version folder
+    assert (run / "metrics.csv").read_text(encoding="utf-8") == fit_metrics
+    assert "max_epochs: 1" in (run / "config.yaml").read_text(encoding="utf-8")  # fit's config, not overwritten
 
     cli = run_cli(["predict", *tiny, "--ckpt_path", str(checkpoint)])
     predictions = torch.cat(cli.trainer.predict_loop.predictions)
     assert predictions.shape == (64,) and predictions.dtype == torch.int64
     assert int(predictions.min()) >= 0 and int(predictions.max()) <= 9
+    written = torch.load(run / "predict" / "predictions.pt")  # the prediction writer's file, in the run folder
+    assert torch.equal(written, predictions)
+
+
+def test_predict_without_a_run_writes_into_its_own_folder(tmp_path: Path) -> None:
+    tiny = ["--config", MNIST_RECIPE, "--data.limit", "32", "--data.batch_size", "16", *QUIET]
+    cli = run_cli(["predict", *tiny, "--trainer.default_root_dir", str(tmp_path)])
+    (written,) = (tmp_path / "lightning_logs" / "mnist_mlp").glob("version_*/predictions.pt")
+    assert torch.equal(torch.load(written), torch.cat(cli.trainer.predict_loop.predictions))
+
+
+def test_an_explicit_wandb_logger_writes_under_the_run_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    offline_wandb_environment(monkeypatch, tmp_path / "home")  # WandbLogger(offline=True) sets WANDB_MODE
+    args = ["fit", "--config", MNIST_RECIPE, "--data.limit", "64", "--data.batch_size", "16", *QUIET]
+    args += ["--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", "--trainer.strategy.horizon", "2"]
+    args += ["--trainer.default_root_dir", str(tmp_path / "runs")]
+    args += ["--trainer.logger", "WandbLogger", "--trainer.logger.offline", "true"]
+    args += ["--trainer.logger.project", "cli-test"]
+    cli = run_cli(args)
+    cli.trainer.logger.experiment.finish()
+    assert not (tmp_path / "wandb").exists()  # the working folder (tmp_path) stays clean
+    (run,) = (tmp_path / "runs" / "lightning_logs" / "wandb").glob("offline-run-*")
+    assert list((tmp_path / "runs" / "lightning_logs" / "cli-test").glob("*/checkpoints/*.ckpt"))
+    report = write_report(run, tmp_path / "report")  # the offline run reads back into the report
+    assert report.run.kind == "wandb" and report.figures["mpc"].is_file()
+    assert len(report.tables["mpc"].splitlines()) == 2 + 8
 
 
 def test_missing_mnist_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["MemoryPeak", "RealMemoryMeter", "measure_peak"]
+__all__ = ["MemoryPeak", "RealMemoryMeter", "measure_peak", "profiler_active"]
 
 T = TypeVar("T")
 
@@ -46,12 +47,17 @@ class MemoryPeak:
             change, negative if older tensors were freed).
         device: the device measured, ``"cpu"`` or ``"cuda:N"``.
         method: ``"cpu-allocator-events"`` (profiler memory events) or ``"cuda-allocator"``.
+        interval_peaks: with :meth:`RealMemoryMeter.mark`: the peak (above the start) of each interval
+            between consecutive marks, the last one running to the end of the measurement.
+        interval_levels: with marks: the bytes held (above the start) when each interval began.
     """
 
     peak_bytes: int
     end_bytes: int
     device: str
     method: str
+    interval_peaks: tuple[int, ...] = ()
+    interval_levels: tuple[int, ...] = ()
 
 
 @contextlib.contextmanager
@@ -71,6 +77,11 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def profiler_active() -> bool:
+    """Whether a torch.profiler (or autograd profiler) session is running in this process."""
+    return bool(torch._C._autograd._profiler_enabled())
 
 
 def _cpu_memory_events(profiler: Any) -> list[tuple[int, int]]:
@@ -110,6 +121,22 @@ class RealMemoryMeter:
         self.result: MemoryPeak | None = None
         self._profiler: Any = None
         self._cuda_start = 0
+        self._marks: list[int] = []
+        self._cuda_peaks: list[int] = []
+        self._cuda_levels: list[int] = []
+
+    def mark(self) -> None:
+        """Start a new interval: :attr:`MemoryPeak.interval_peaks` gets one peak per interval between marks.
+
+        On CUDA this synchronises the device and resets its peak statistics; on CPU it only notes the time.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            if self._marks:
+                self._cuda_peaks.append(torch.cuda.max_memory_allocated(self.device) - self._cuda_start)
+            self._cuda_levels.append(torch.cuda.memory_allocated(self.device) - self._cuda_start)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._marks.append(time.time_ns())
 
     @property
     def peak_bytes(self) -> int:
@@ -120,6 +147,7 @@ class RealMemoryMeter:
 
     def __enter__(self) -> RealMemoryMeter:
         self.result = None
+        self._marks, self._cuda_peaks, self._cuda_levels = [], [], []
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -127,6 +155,12 @@ class RealMemoryMeter:
             return self
         from torch.profiler import ProfilerActivity, profile
 
+        if profiler_active():
+            raise RuntimeError(
+                "RealMemoryMeter cannot measure the CPU while another torch.profiler session is running (a profiler "
+                "inside a profiler loses the outer session's events). HINT: measure outside your own profiling, or "
+                "turn the telemetry's memory off (MPCTelemetry(memory=False)) while you profile."
+            )
         self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         with _native_stderr_silenced():
             self._profiler.__enter__()
@@ -137,7 +171,16 @@ class RealMemoryMeter:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device) - self._cuda_start
             end = torch.cuda.memory_allocated(self.device) - self._cuda_start
-            self.result = MemoryPeak(max(peak, 0), end, str(self.device), "cuda-allocator")
+            intervals = [*self._cuda_peaks, peak] if self._marks else []
+            peak = max([peak, *intervals])
+            self.result = MemoryPeak(
+                max(peak, 0),
+                end,
+                str(self.device),
+                "cuda-allocator",
+                tuple(max(v, 0) for v in intervals),
+                tuple(self._cuda_levels),
+            )
             return
         profiler, self._profiler = self._profiler, None
         with _native_stderr_silenced():
@@ -145,10 +188,22 @@ class RealMemoryMeter:
         if exc and exc[0] is not None:
             return
         current = peak = 0
-        for _, nbytes in _cpu_memory_events(profiler):
+        marks = self._marks
+        intervals = [0] * len(marks)
+        levels = [0] * len(marks)
+        slot = -1
+        for start_ns, nbytes in _cpu_memory_events(profiler):
+            while slot + 1 < len(marks) and marks[slot + 1] <= start_ns:
+                slot += 1
+                intervals[slot] = levels[slot] = current  # the level held when the interval begins counts too
             current += nbytes
             peak = max(peak, current)
-        self.result = MemoryPeak(peak, current, "cpu", "cpu-allocator-events")
+            if slot >= 0:
+                intervals[slot] = max(intervals[slot], current)
+        while slot + 1 < len(marks):
+            slot += 1
+            intervals[slot] = levels[slot] = current
+        self.result = MemoryPeak(peak, current, "cpu", "cpu-allocator-events", tuple(intervals), tuple(levels))
 
 
 def measure_peak(fn: Callable[..., T], *args: Any, device: torch.device | str | None = None, **kwargs: Any) -> tuple[T, MemoryPeak]:

@@ -1,4 +1,4 @@
-"""Bundled offline datasets: 10,000 MNIST digits (see ``README.md`` in this folder for provenance and licence)."""
+"""Offline datasets: 10,000 bundled MNIST digits (``README.md`` here: provenance, licence) and generated sequence tasks."""
 
 from lightning_mpc.data.mnist import (
     EVAL_SIZE,
@@ -9,6 +9,7 @@ from lightning_mpc.data.mnist import (
     BundledMNIST,
     load_bundled_mnist,
 )
+from lightning_mpc.data.sequences import SequenceData, adding, sequential_mnist, temporal_order
 
 __all__ = [
     "EVAL_SIZE",
@@ -17,5 +18,9 @@ __all__ = [
     "NUM_CLASSES",
     "TRAIN_SIZE",
     "BundledMNIST",
+    "SequenceData",
+    "adding",
     "load_bundled_mnist",
+    "sequential_mnist",
+    "temporal_order",
 ]

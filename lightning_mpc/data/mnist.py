@@ -60,9 +60,11 @@ def load_bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Scale to 0..1, normalise, add the channel axis; labels become ``int64``."""
-    x = torch.from_numpy(images).to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+def _to_tensors(images: np.ndarray, labels: np.ndarray, normalize: bool = True) -> tuple[Tensor, Tensor]:
+    """Scale to 0..1, normalise (if asked), add the channel axis; labels become ``int64``."""
+    x = torch.from_numpy(images).to(torch.float32).div_(255.0)
+    if normalize:
+        x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
     return x.unsqueeze(1).contiguous(), torch.from_numpy(labels).to(torch.int64)
 
 
@@ -70,7 +72,7 @@ class BundledMNIST(SplitDataModule):
     """The bundled MNIST digits: first 8,000 for training, last 2,000 for evaluation.
 
     Each item is ``(image, label)``: a ``float32`` tensor of shape ``(1, 28, 28)`` normalised with mean
-    0.1307 and standard deviation 0.3081, and an ``int64`` scalar. The evaluation split backs
+    0.1307 and standard deviation 0.3081 (or left in 0..1 with ``normalize=False``), and an ``int64`` scalar. The evaluation split backs
     ``val_dataloader``, ``test_dataloader`` and ``predict_dataloader``.
 
     Args:
@@ -80,6 +82,8 @@ class BundledMNIST(SplitDataModule):
         shuffle_seed: seed of the training loader's own shuffling generator, so that the sample order
             does not depend on the global random state (runs that consume random numbers differently
             before training, e.g. to build local heads, still see the same batches).
+        normalize: normalise with mean 0.1307 and standard deviation 0.3081; ``False`` keeps the 0..1 pixel
+            intensities (as the PEPITA papers' code does).
 
     Raises:
         ValueError: for a non-positive ``batch_size`` or ``limit`` or a negative ``num_workers``.
@@ -97,6 +101,7 @@ class BundledMNIST(SplitDataModule):
         num_workers: int = 0,
         limit: int | None = None,
         shuffle_seed: int = 0,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -111,6 +116,7 @@ class BundledMNIST(SplitDataModule):
         self.num_workers = num_workers
         self.limit = limit
         self.shuffle_seed = shuffle_seed
+        self.normalize = normalize
         self.seed = shuffle_seed  # SplitDataModule's training-loader generator
         self.num_classes = NUM_CLASSES
         self.dims = (1, 28, 28)
@@ -129,7 +135,7 @@ class BundledMNIST(SplitDataModule):
         if self.train_set is not None and self.eval_set is not None:
             return
         images, labels = load_bundled_mnist()
-        x, y = _to_tensors(images, labels)
+        x, y = _to_tensors(images, labels, self.normalize)
         train_end = self._take(TRAIN_SIZE)
         eval_start = len(x) - EVAL_SIZE
         eval_end = eval_start + self._take(EVAL_SIZE)

@@ -6,7 +6,7 @@ gradient and how much activation memory it holds, fit ``1 - cos^2 = c (1 - h/T)^
 """
 
 from lightning_mpc.horizon.laws import AlignmentLaw, MemoryLaw, fit_alignment_law, fit_memory_law
-from lightning_mpc.horizon.probes import BatchProbe, cos_squared, gradient_vector, probe_batch
+from lightning_mpc.horizon.probes import BatchProbe, probe_batch
 from lightning_mpc.horizon.selection import (
     HorizonReport,
     Objective,
@@ -24,12 +24,10 @@ __all__ = [
     "MemoryLaw",
     "Objective",
     "choose_horizon",
-    "cos_squared",
     "default_probes",
     "fit_alignment_law",
     "fit_memory_law",
     "format_bytes",
-    "gradient_vector",
     "parse_bytes",
     "probe_batch",
     "select_horizon",

@@ -1,8 +1,9 @@
 """Alignment and memory probes: what each horizon's update looks like on one batch, measured.
 
 For one batch the probe runs :func:`~lightning_mpc.horizon_backward` once per horizon (back-propagation
-is ``h = T``), each under a :class:`~lightning_mpc.SavedTensorMeter`, and compares the block
-gradients with back-propagation's. The model is left as it was: the parameters' ``.grad`` are saved
+is ``h = T``), each under a :class:`~lightning_mpc.RealMemoryMeter` (allocator bytes: what the step really
+holds, its parameters' gradients included, as in a Lightning step that starts after ``zero_grad``), and
+compares the block gradients with back-propagation's. The model is left as it was: the parameters' ``.grad`` are saved
 and restored, buffers (BatchNorm statistics) are restored after every run, and every run starts from
 the same random state, so dropout draws the same masks for the horizon and for back-propagation.
 """
@@ -16,12 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_mpc.core.alignment import gradient_alignment
 from lightning_mpc.core.engine import horizon_backward, iter_parameters
 from lightning_mpc.core.isolation import RandomState, isolated_gradients, module_devices
-from lightning_mpc.core.memory import SavedTensorMeter, preserved_buffers
+from lightning_mpc.core.memory import preserved_buffers
+from lightning_mpc.core.realmem import RealMemoryMeter
 from lightning_mpc.core.schedule import Mode
 
-__all__ = ["BatchProbe", "cos_squared", "gradient_vector", "isolated_gradients", "probe_batch"]
+__all__ = ["BatchProbe", "isolated_gradients", "probe_batch"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class BatchProbe:
 
     Attributes:
         alignment: ``cos^2`` between the horizon's block gradient and back-propagation's, per horizon.
-        memory: peak bytes saved for backward during the horizon's step, per horizon.
+        memory: the real peak (allocator bytes) of the horizon's step, per horizon.
         backprop_norm: the norm of back-propagation's block gradient (``0`` means the batch says
             nothing about directions and its alignments are ``nan``).
     """
@@ -38,31 +41,6 @@ class BatchProbe:
     alignment: dict[int, float]
     memory: dict[int, int]
     backprop_norm: float
-
-
-def gradient_vector(parameters: Sequence[nn.Parameter]) -> Tensor:
-    """The ``.grad`` of ``parameters`` flattened and concatenated in float64 (zeros for ``None``)."""
-    parts = [
-        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(torch.float64)
-        for p in parameters
-    ]
-    if not parts:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.cat([part.cpu() for part in parts])
-
-
-def cos_squared(update: Tensor, reference: Tensor) -> float:
-    """``cos^2`` of the angle between two vectors; ``nan`` if ``reference`` is zero, ``0`` if only ``update`` is."""
-    update = update.to(torch.float64)
-    reference = reference.to(torch.float64)
-    ref_sq = float((reference * reference).sum())
-    if ref_sq == 0.0:
-        return float("nan")
-    upd_sq = float((update * update).sum())
-    if upd_sq == 0.0:
-        return 0.0
-    dot = float((update * reference).sum())
-    return min(dot * dot / (upd_sq * ref_sq), 1.0)
 
 
 def probe_batch(
@@ -74,7 +52,7 @@ def probe_batch(
     horizons: Iterable[int],
     mode: Mode = "sliding",
 ) -> BatchProbe:
-    """Measure ``cos^2`` to back-propagation and peak activation bytes of each horizon on one batch.
+    """Measure ``cos^2`` to back-propagation and the real peak of each horizon's step on one batch.
 
     Args:
         blocks: the blocks ``0..T-1``.
@@ -99,24 +77,28 @@ def probe_batch(
             "HINT: unfreeze the blocks (requires_grad=True) before selecting a horizon."
         )
     modules: list[nn.Module | None] = [*blocks, *heads]
-    exclude = [p for m in modules if m is not None for p in m.parameters()]
     order = sorted({min(h, num_blocks) for h in horizons} - {num_blocks})
     random_state = RandomState.capture(module_devices(modules))
 
-    def run(horizon: int) -> tuple[Tensor, int]:
-        meter = SavedTensorMeter(exclude=exclude)
+    device = x.device if isinstance(x, Tensor) else next(iter(module_devices(modules)), torch.device("cpu"))
+
+    def run(horizon: int) -> tuple[list[Tensor | None], int]:
+        meter = RealMemoryMeter(device)
         with isolated_gradients(params), preserved_buffers(modules), random_state.replay(), torch.enable_grad():
             with meter:
                 horizon_backward(blocks, heads, x, target, loss_fn, horizon, mode)
-            vector = gradient_vector(block_params)
-        return vector, meter.peak_bytes
+            grads = [None if p.grad is None else p.grad.detach() for p in block_params]
+        return grads, meter.peak_bytes
+
+    def cos_squared(update: list[Tensor | None], reference: list[Tensor | None]) -> float:
+        return min(gradient_alignment([update], [reference]).total ** 2, 1.0)
 
     reference, backprop_bytes = run(num_blocks)
     alignment = {num_blocks: cos_squared(reference, reference)}
     memory = {num_blocks: backprop_bytes}
     for horizon in order:
-        vector, peak = run(horizon)
-        alignment[horizon] = cos_squared(vector, reference)
+        grads, peak = run(horizon)
+        alignment[horizon] = cos_squared(grads, reference)
         memory[horizon] = peak
-    norm = float(reference.norm())
+    norm = float(torch.cat([g.double().flatten() for g in reference if g is not None] or [torch.zeros(1)]).norm())
     return BatchProbe(dict(sorted(alignment.items())), dict(sorted(memory.items())), norm)

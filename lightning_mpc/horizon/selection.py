@@ -148,8 +148,8 @@ def choose_horizon(
                 f"memory_budget={format_bytes(objective.value)} ({int(objective.value)} bytes) is smaller than any "
                 f"horizon needs. Closest achievable: {format_bytes(need)} ({math.ceil(need)} bytes) at "
                 f"h = {smallest}. HINT: raise the budget to at least {math.ceil(need)} bytes, use smaller batches, "
-                "or cut the network into more, smaller blocks (the budget counts activations saved for backward "
-                "only)."
+                "or cut the network into more, smaller blocks (the budget is the real peak of a training step: "
+                "activations, gradients and temporaries, parameters and optimizer state excluded)."
             )
         return min(feasible, key=lambda h: (-table[h][0], table[h][1], h))
     if objective.kind == "min_alignment":
@@ -171,8 +171,8 @@ class HorizonReport:
     Attributes:
         alignment: measured ``cos^2`` between the horizon's block gradient and back-propagation's, mean
             over the batches, per probed horizon.
-        memory: measured peak activation bytes (saved for backward, parameters excluded), the largest
-            over the batches, per probed horizon.
+        memory: the measured real peak of a step (allocator bytes above the step's start: activations,
+            gradients and temporaries), the largest over the batches, per probed horizon.
         alignment_law: the fitted ``1 - cos^2 = c (1 - h/T)^p``.
         memory_law: the fitted ``M(h) = a h + b``.
         objective: what the horizon was chosen for.
@@ -289,7 +289,7 @@ class HorizonReport:
         ax_m.plot(grid, [self.predict_memory(h) / 1e6 for h in grid], color="C1", label=self.memory_law.describe())
         ax_m.plot(hm, [self.memory[h] / 1e6 for h in hm], "o", color="C1", label="measured")
         ax_m.set_xlabel("horizon h")
-        ax_m.set_ylabel("peak activation memory (MB)")
+        ax_m.set_ylabel("real peak of a step (MB)")
         ax_m.set_title("Memory")
         if self.objective.kind == "memory_budget":
             ax_m.axhline(self.objective.value / 1e6, color="grey", linestyle="--", label="budget")
@@ -345,8 +345,8 @@ def select_horizon(
     For every batch and every probed horizon ``h`` the MPC gradient of all block parameters
     (concatenated; heads excluded) is computed with :func:`~lightning_mpc.horizon_backward` and compared
     with back-propagation's (``h = T``) by ``cos^2``; the alignment is the mean over the batches. The
-    peak bytes saved for backward are measured with :class:`~lightning_mpc.SavedTensorMeter` in the same
-    run (the largest over the batches). The laws ``1 - cos^2 = c (1 - h/T)^p`` and ``M(h) = a h + b``
+    real peak of each step (allocator bytes, :class:`~lightning_mpc.RealMemoryMeter`) is measured in the
+    same run (the largest over the batches). The laws ``1 - cos^2 = c (1 - h/T)^p`` and ``M(h) = a h + b``
     are fitted and the horizon is chosen over ``1..T``, measured values winning over predictions for
     probed horizons. Exactly one objective must be given.
 
@@ -359,8 +359,9 @@ def select_horizon(
         batches: ``(x, target)`` pairs: ``x`` is the input of block 0, ``target`` the second argument of
             ``loss_fn``. A few batches suffice.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, for the local losses and the final one.
-        memory_budget: bytes, or a string such as ``"2GB"`` (10^9 bytes) or ``"512MiB"`` (2^20 bytes):
-            choose the best alignment whose activation memory fits.
+        memory_budget: bytes, or a string such as ``"2GB"``/``"2G"`` (10^9 bytes) or ``"512MiB"``/``"512Mi"`` (2^20 bytes):
+            choose the best alignment whose step fits (the real peak of a training step above what is
+            allocated before it: activations, gradients and temporaries).
         min_alignment: a ``cos^2`` in ``(0, 1]``: choose the least memory that reaches it.
         memory_weight: ``lam >= 0`` per byte: choose the minimum of ``lam * M(h) - cos^2(h)``.
         probes: the horizons to measure; default ``1, 2, 4, ...`` and ``T``. ``T`` is always measured

@@ -67,9 +67,19 @@ def parse_bytes(value: float | str) -> int:
     return int(number * multiplier)
 
 
-def format_bytes(num_bytes: float) -> str:
-    """A short human-readable form in SI units, e.g. ``"1.23 MB"`` (the convention of :func:`parse_bytes`)."""
+def format_bytes(num_bytes: float | None, *, binary: bool = False) -> str:
+    """A short human-readable form: ``"1.23 MB"`` (powers of 1000), or ``"1.2 MiB"`` with ``binary=True``.
+
+    Both read back with :func:`parse_bytes`; ``None`` prints as ``"-"``.
+    """
+    if num_bytes is None:
+        return "-"
     size = float(num_bytes)
+    if binary:
+        for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+            if abs(size) >= factor:
+                return f"{size / factor:.1f} {unit}"
+        return f"{size:.0f} B"
     for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(size) >= factor:
             return f"{size / factor:.3g} {unit}"

@@ -10,6 +10,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from lightning_mpc.core.partition import run_blocks
+from lightning_mpc.lightning.compat import training_dataloader_source
 from lightning_mpc.lightning.mixin import batch_input
 
 __all__ = ["EXAMPLE_SAMPLES", "call_forward", "evaluation_dataloader", "example_input", "training_dataloader"]
@@ -29,8 +30,7 @@ def training_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose
     Raises:
         RuntimeError: if there is none.
     """
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    dataloader = source.dataloader() if source is not None and source.is_defined() else None
+    dataloader = training_dataloader_source(trainer)
     if dataloader is None:
         raise RuntimeError(
             f"MPC needs training batches to {purpose}, but {type(module).__name__} has no training dataloader. "

@@ -27,6 +27,7 @@ from lightning_mpc.core.hooks import BlockHooks, first_block_input
 from lightning_mpc.core.inspection import BlockInspection, inspect_blocks
 from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.lightning.batches import call_forward, example_input
+from lightning_mpc.lightning.compat import is_accumulating
 from lightning_mpc.lightning.mixin import MPCMixin, batch_input, batch_target, resolve_blocks
 from lightning_mpc.rules.base import CreditRule, RuleSetup, RuleStep
 
@@ -139,6 +140,8 @@ class RuleController:
         self.rule = rule
         self.partition_options = dict(partition_options or {})
         self.blocks: list[nn.Module] = []
+        self.inspection: BlockInspection | None = None
+        """What the dry run found (output shapes, block 0's input on a few samples), after :meth:`prepare`."""
         self.hooks: BlockHooks | None = None
         self._zero_grad: Callable[..., Any] | None = None
         self._grad_snapshot: list[tuple[nn.Parameter, Tensor | str | None]] | None = None
@@ -235,6 +238,7 @@ class RuleController:
             setattr(module, name, aux)
         module.mpc_blocks = blocks  # type: ignore[assignment]
         self.blocks = blocks
+        self.inspection = inspection
         self.hooks = hooks
         self._module = module
 
@@ -338,7 +342,7 @@ class RuleController:
             scale=make_scale(accumulate, scaler),
             block_input=block_input,
             first_micro_batch=first,
-            last_micro_batch=not trainer.fit_loop._should_accumulate(),
+            last_micro_batch=not is_accumulating(trainer),
         )
         listener = self.rule.begin_step(step)
         if self.hooks is not None:

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.fabric.strategies import _StrategyRegistry
-from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
@@ -15,6 +13,7 @@ from typing_extensions import override
 from lightning_mpc.core.gradsync import GradientAverager, broadcast_tensors
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.base import RuleStrategyMixin
+from lightning_mpc.lightning.compat import StrategyRegistryType, is_accumulating, sync_module_states
 from lightning_mpc.lightning.controller import RuleController
 from lightning_mpc.lightning.telemetry import validate_telemetry
 from lightning_mpc.lightning.strategy import MPCStrategyProperties, partition_options
@@ -111,7 +110,7 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
     def _rule_after_prepare(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module
         assert module is not None
-        _sync_module_states(module)
+        sync_module_states(module)
         self._averager.attach((name, p) for name, p in module.named_parameters() if p.requires_grad)
 
     @override
@@ -120,7 +119,7 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
         assert module is not None
         if self.broadcast_buffers:
             broadcast_tensors(module.buffers())
-        self._reduce_this_step = not trainer.fit_loop._should_accumulate()
+        self._reduce_this_step = not is_accumulating(trainer)
         if self._reduce_this_step:
             trainable = tuple(id(p) for p in module.parameters() if p.requires_grad)
             self._averager.start_step(key=(repr(self.rule.describe()), trainable))
@@ -143,7 +142,7 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
 
     @classmethod
     @override
-    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
+    def register_strategies(cls, strategy_registry: StrategyRegistryType) -> None:
         # Rule names are registered as rules are (see lightning_mpc.lightning.registration).
         pass
 

@@ -8,7 +8,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins import CheckpointIO
-from lightning.fabric.strategies import _StrategyRegistry
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from typing_extensions import override
@@ -16,6 +15,7 @@ from typing_extensions import override
 from lightning_mpc.core.schedule import Mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.base import RuleStrategyMixin
+from lightning_mpc.lightning.compat import StrategyRegistryType
 from lightning_mpc.lightning.controller import RuleController
 from lightning_mpc.lightning.telemetry import validate_telemetry
 from lightning_mpc.rules.base import CreditRule
@@ -101,7 +101,7 @@ class RuleStrategy(RuleStrategyMixin, SingleDeviceStrategy):
 
     @classmethod
     @override
-    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
+    def register_strategies(cls, strategy_registry: StrategyRegistryType) -> None:
         # Rule names are registered as rules are (see lightning_mpc.lightning.registration); nothing generic here.
         pass
 

@@ -1,155 +1,76 @@
-"""``MPCTelemetry``: per-block losses, accuracy, memory, time and gradient alignment, logged through Lightning.
+"""``MPCTelemetry``: per-block losses, accuracy, real memory, time, gradient norms and alignment of any rule.
 
-Every figure reaches every Lightning logger (CSV, TensorBoard, W&B, MLflow, ...) at the step Lightning
-writes its own metrics with: the whole-network figures and the epoch figures through
-``LightningModule.log`` (so they are also in ``trainer.callback_metrics``, for checkpoints and early
-stopping), the per-block series through each logger's ``log_metrics`` in one call per step, as
-Lightning's ``LearningRateMonitor`` does (``LightningModule.log`` costs a fraction of a millisecond per
-key, and there are several keys per block). When a :class:`~lightning.pytorch.loggers.WandbLogger` is
-attached, W&B also gets metric definitions, a per-epoch table, charts and the run config. The MPC
-strategies add a default instance (``MPCStrategy(telemetry=True)``); pass your own in
-``Trainer(callbacks=[...])`` to configure it.
-
-Metric names (``XX`` is the block index, two digits; block ``k``'s head is trained on ``l_{k+1}``):
-
-==================================  ==============================================================
-``mpc/block_XX/loss``               head ``XX``'s local loss (the last block: the loss returned by
-                                    ``training_step``)
-``mpc/block_XX/accuracy``           top-1 accuracy of head ``XX`` (the last block: of the model output),
-                                    when ``batch[1]`` holds integer classes
-``mpc/block_XX/activation_bytes``   bytes saved for backward held while block ``XX``'s loss is
-                                    back-propagated (the window's graphs plus the head's)
-``mpc/block_XX/cuda_peak_bytes``    on CUDA: ``max_memory_allocated`` while block ``XX`` and its window ran
-``mpc/block_XX/grad_norm``          2-norm of the block's update (its ``.grad`` before clipping)
-``mpc/block_XX/forward_ms``         block ``XX``'s forward plus its head's forward and loss
-``mpc/block_XX/backward_ms``        the head's loss backward plus every backward through the block
-``mpc/block_XX/alignment``          cosine between the block's update and back-propagation's gradient
-``mpc/alignment``                   the same over the whole network (all blocks concatenated)
-``mpc/peak_activation_bytes``       the step's peak of bytes saved for backward
-``mpc/backprop_activation_bytes``   what back-propagation holds on the first batch (measured once)
-``mpc/activation_ratio``            ``peak_activation_bytes / backprop_activation_bytes``
-``mpc/block_XX/loss_epoch``         epoch mean of the loss, every step counted
-``mpc/block_XX/accuracy_epoch``     epoch accuracy, every step counted
-==================================  ==============================================================
+A thin Lightning callback over the Trainer-free parts in :mod:`lightning_mpc.telemetry`: it sets a
+:class:`~lightning_mpc.telemetry.records.StepRecorder` as the rule's observer, decides what to measure at
+each step (:class:`~lightning_mpc.telemetry.plan.MeasurementPlan`), and writes what a
+:class:`~lightning_mpc.telemetry.session.TelemetrySession` makes of the records to every logger (every
+metric name is listed in :mod:`lightning_mpc.telemetry.session`). Per-block series go to each
+logger's ``log_metrics`` in one call per measured step (as Lightning's ``LearningRateMonitor`` does); the
+whole-network figures also go to ``trainer.callback_metrics``, so that checkpoints and early stopping can
+monitor them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelSummary
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from lightning_mpc.core.engine import HorizonEngine
-from lightning_mpc.core.heads import default_local_loss
-from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.lightning.batches import EXAMPLE_SAMPLES, call_forward, example_input
-from lightning_mpc.lightning.mixin import MPCMixin, batch_target
-from lightning_mpc.telemetry.metrics import BlockwiseRatio, block_hits
+from lightning_mpc.core.memory import profile_real_memory
+from lightning_mpc.lightning.compat import is_accumulating, optimizer_steps
+from lightning_mpc.lightning.controller import module_local_loss
+from lightning_mpc.report.tensorboard import add_tensorboard_layout
+from lightning_mpc.rules.base import CreditRule
+from lightning_mpc.telemetry import wandb_extras
+from lightning_mpc.telemetry.plan import MeasurementPlan, StepPlan
 from lightning_mpc.telemetry.probes import (
-    BackpropMemory,
     BlockInputCapture,
     backprop_block_gradients,
-    backprop_memory,
+    backprop_peak_bytes,
     block_grad_norms,
     block_parameters,
-    first_block_input,
     gradient_alignment,
+    step_update,
 )
-from lightning_mpc.telemetry.records import StepRecord, StepRecorder
-from lightning_mpc.telemetry.summary import PartitionRow, format_bytes, partition_rows, render_partition
-from lightning_mpc.telemetry.wandb_extras import block_charts, define_block_metrics
+from lightning_mpc.telemetry.records import StepRecorder
+from lightning_mpc.telemetry.session import TABLE_COLUMNS, TelemetrySession, block_key
+from lightning_mpc.telemetry.summary import PartitionRow, partition_rows, render_partition
 
-__all__ = ["MPCTelemetry", "attach_telemetry", "block_key", "validate_telemetry"]
-
-PREFIX = "mpc"
-_HISTORY_LIMIT = 4096
-"""Points per block kept for the W&B line chart; older points are thinned out beyond this."""
-_TABLE_COLUMNS = [
-    "epoch",
-    "block",
-    "module",
-    "loss",
-    "accuracy",
-    "activation_bytes",
-    "alignment",
-    "grad_norm",
-    "forward_ms",
-    "backward_ms",
-]
-_MEASURED = ("activation_bytes", "alignment", "grad_norm", "forward_ms", "backward_ms")
-_HEADLINE = frozenset(f"{PREFIX}/{name}" for name in ("alignment", "peak_activation_bytes", "activation_ratio"))
-"""The whole-network figures logged through ``LightningModule.log`` (the rest goes straight to the loggers)."""
+__all__ = ["MPCTelemetry", "RuleTelemetry", "attach_telemetry", "block_key", "validate_telemetry"]
 
 
-def block_key(index: int, name: str) -> str:
-    """The metric name of block ``index``: ``block_key(3, "loss") == "mpc/block_03/loss"``."""
-    return f"{PREFIX}/block_{index:02d}/{name}"
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _classification_target(batch: Any) -> Tensor | None:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+def _classes(batch: Any) -> Tensor | None:
+    target = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         return None
-    target = batch[1]
-    if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex():
-        return None
-    return None if target.dtype == torch.bool else target
+    return target
 
 
 class MPCTelemetry(Callback):
-    """Per-block telemetry of horizon (MPC) training, logged through Lightning's loggers.
-
-    What it costs: on most steps, the local losses and the heads' top-1 predictions are accumulated for
-    the epoch figures (a few tensor operations, no device synchronisation). On the steps Lightning writes
-    to its loggers (``Trainer(log_every_n_steps=...)``) it also counts activation bytes, times every block
-    (synchronising the device on CUDA) and computes gradient norms; every ``alignment_every`` steps it runs
-    one extra back-propagation to measure alignment. It keeps Python numbers and detached scalars only.
+    """Per-block telemetry of any credit-assignment rule, logged through Lightning's loggers.
 
     Args:
-        alignment_every: measure the alignment every this many optimizer steps (``0``: never). It costs
-            one back-propagation (forward and backward, with back-propagation's activation memory) on
-            those steps. Measured on steps Lightning writes to its loggers, so use a multiple of
+        alignment_every: measure the alignment with back-propagation every this many optimizer steps (and
+            on the first); ``0`` never. It costs one back-propagation on those steps.
+        log_every_n_steps: measure memory, time and gradient norms every this many optimizer steps (and on
+            the first and last, so that short runs have them too); ``None`` follows
             ``Trainer(log_every_n_steps)``.
-        log_every_n_steps: measure memory and time every this many optimizer steps; ``None`` follows
-            ``Trainer(log_every_n_steps)``. Values are only written on steps where Lightning writes logs,
-            so use a multiple of it.
-        summary: print the partition summary (a rich table) at fit start: ``None`` follows the trainer's
-            model summary (``Trainer(enable_model_summary=...)``).
-        accuracy: log each head's accuracy when ``batch[1]`` holds integer class labels.
-        memory: count activation bytes (:class:`~lightning_mpc.SavedTensorMeter`) on measured steps and
-            measure back-propagation's bytes once, on the first batch.
+        summary: print the partition summary at fit start; ``None`` follows ``Trainer(enable_model_summary)``.
+        accuracy: log each block's accuracy when ``batch[1]`` holds integer class labels.
+        memory: measure real memory on measured steps, and back-propagation's once.
+        saved_bytes: also count bytes saved for backward (a breakdown of the real figure).
         timing: time every block's forward and backward on measured steps.
-        wandb: when a ``WandbLogger`` is attached, add metric definitions, a per-epoch table, charts and
-            the run config.
+        wandb: with a ``WandbLogger``: metric definitions, the partition and per-epoch tables, charts.
 
     Attributes:
-        partition: the partition summary rows (after fit start; ``None`` if it was not computed).
-        backprop_activation_bytes: back-propagation's activation bytes on the first batch.
-
-    Example::
-
-        trainer = L.Trainer(
-            strategy=MPCStrategy(horizon=2),
-            callbacks=[MPCTelemetry(alignment_every=100)],
-            logger=WandbLogger(project="mpc"),
-            log_every_n_steps=50,
-        )
+        partition: the partition summary rows (after fit start; ``None`` if not computed).
+        backprop_activation_bytes: back-propagation's real peak on the first measured batch.
     """
 
     def __init__(
@@ -159,197 +80,100 @@ class MPCTelemetry(Callback):
         summary: bool | None = None,
         accuracy: bool = True,
         memory: bool = True,
+        saved_bytes: bool = False,
         timing: bool = True,
         wandb: bool = True,
     ) -> None:
-        if isinstance(alignment_every, bool) or not isinstance(alignment_every, int) or alignment_every < 0:
-            raise ValueError(
-                f"alignment_every must be an integer >= 0, got {alignment_every!r}. "
-                "HINT: 0 turns the alignment probe off; N measures it every N optimizer steps."
-            )
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"log_every_n_steps must be None or an integer >= 1, got {log_every_n_steps!r}. "
-                "HINT: None follows Trainer(log_every_n_steps)."
-            )
-        self.alignment_every = alignment_every
-        self.log_every_n_steps = log_every_n_steps
-        self.summary = summary
-        self.accuracy = accuracy
-        self.memory = memory
-        self.timing = timing
-        self.wandb = wandb
+        for name, value, low in (("alignment_every", alignment_every, 0), ("log_every_n_steps", log_every_n_steps, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(
+                    f"{name} must be an integer >= {low}, got {value!r}. HINT: alignment_every=0 turns the alignment "
+                    "probe off; log_every_n_steps=None follows Trainer(log_every_n_steps)."
+                )
+        self.alignment_every, self.log_every_n_steps, self.summary = alignment_every, log_every_n_steps, summary
+        self.accuracy, self.memory, self.saved_bytes, self.timing, self.wandb = accuracy, memory, saved_bytes, timing, wandb
         self.partition: list[PartitionRow] | None = None
         self.backprop_activation_bytes: int | None = None
-        self._reset_fit_state()
-
-    # ------------------------------------------------------------------ state
-    def _reset_fit_state(self) -> None:
-        self._engine: HorizonEngine | None = None
-        self._recorder: StepRecorder | None = None
-        self._capture: BlockInputCapture | None = None
-        self._device = torch.device("cpu")
-        self._num_blocks = 0
-        self._measure = False
-        self._align = False
-        self._bp_pending = False
-        self._target: Tensor | None = None
-        self._predictions: dict[int, Tensor] = {}
-        self._snapshot: list[list[Tensor | None]] | None = None
-        self._step_accuracy: tuple[tuple[int, ...], Tensor, float] | None = None
-        self._loss_sum: Tensor | None = None
-        self._loss_steps = 0
-        self._final_sum: Tensor | None = None
-        self._final_steps = 0
-        self._accuracy_blocks: tuple[int, ...] | None = None
-        self._hits_sum: Tensor | None = None
-        self._predictions_seen = 0.0
-        self._pending: dict[str, Tensor | float] = {}
-        self._headline: dict[str, float] = {}
-        self._final_loss: Tensor | None = None
-        self._loss_epoch: BlockwiseRatio | None = None
-        self._accuracy_epoch: BlockwiseRatio | None = None
-        self._measured: dict[str, list[list[float]]] = {}
-        self._history_steps: list[int] = []
-        self._history_loss: list[list[float | None]] = []
+        self._rule: CreditRule | None = None
         self._warned: set[str] = set()
-        self._bytes_per_sample: float | None = None
+        self._detach()
 
     @property
     def active(self) -> bool:
-        """Whether the callback is attached to an engine (during ``fit``, with at least one logger)."""
+        """Whether the callback observes a rule (during ``fit``, with at least one logger)."""
         return self._recorder is not None
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(message)
-
-    # ------------------------------------------------------------------ fit start: summary and W&B
+    # ------------------------------------------------------------------ fit start / end
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._reset_fit_state()
-        self.partition = None
-        self.backprop_activation_bytes = None
-        engine = _strategy_engine(trainer)
-        if engine is None:
-            self._warn_once(
-                "strategy",
-                f"MPCTelemetry found no horizon engine on {type(trainer.strategy).__name__}, so it logs nothing. "
-                "HINT: train with Trainer(strategy=MPCStrategy(...)) or strategy='mpc'.",
+        self.partition, self.backprop_activation_bytes = None, None
+        rule = getattr(trainer.strategy, "rule", None)
+        if not isinstance(rule, CreditRule):
+            rank_zero_warn(
+                f"MPCTelemetry found no credit-assignment rule on {type(trainer.strategy).__name__}, so it logs "
+                "nothing. HINT: train with Trainer(strategy='mpc') or another rule's strategy."
             )
             return
-        self._engine = engine
+        self._rule = rule
+        with contextlib.suppress(Exception):  # the TensorBoard layout must never stop training
+            add_tensorboard_layout(trainer.loggers, rule.metric_prefix)
         show = self.summary if self.summary is not None else any(isinstance(c, ModelSummary) for c in trainer.callbacks)
         wandb_loggers = self._wandb_loggers(trainer)
-        if not (show or wandb_loggers):
+        if not (show or wandb_loggers) or not rule.blocks:
             return
-        memory, reason = self._example_memory(trainer, pl_module, engine)
-        self.partition = partition_rows(pl_module, engine.blocks, engine.heads, engine.depths, memory)
-        self._bytes_per_sample = None if memory is None else memory.total_bytes / max(memory.batch_size, 1)
+        self.partition = self._partition(trainer, pl_module, rule)
         if show:
-            self._print_summary(engine, memory, reason)
+            self._print_summary(rule)
         if wandb_loggers and trainer.is_global_zero:
-            self._wandb_setup(trainer, engine, wandb_loggers)
+            heads = [getattr(getattr(h, "spec", None), "to_dict", lambda h=h: type(h).__name__)()
+                     for h in getattr(rule, "heads", None) or []]
+            config = {**rule.describe(), "partition": [row.to_dict() for row in self.partition or []], "heads": heads,
+                      "telemetry": {"alignment_every": self.alignment_every, "memory": self.memory}}
+            for logger in wandb_loggers:
+                self._guard("wandb", lambda: wandb_extras.setup_run(  # noqa: B023
+                    logger, rule.metric_prefix, len(rule.blocks), config, [r.to_dict() for r in self.partition or []],
+                    optimizer_steps(trainer)))
 
-    def _example_memory(
-        self, trainer: pl.Trainer, module: pl.LightningModule, engine: HorizonEngine
-    ) -> tuple[BackpropMemory | None, str | None]:
-        """Block output shapes and activation bytes per sample, on two samples of the first batch."""
-        blocks = engine.blocks
-        was_training = module.training
-        try:
-            with torch.random.fork_rng(devices=_cuda_devices(module.device)):
-                example = example_input(trainer, module, "measure back-propagation's memory")
-                example = move_data_to_device(example, module.device)
-                module.eval()
-                with torch.no_grad(), preserved_buffers([module]):
-                    x0 = first_block_input(blocks, lambda: call_forward(module, blocks, example))
-            # A copy: a slice of the batch would keep (and count) the whole batch's storage.
-            x0 = (x0[:EXAMPLE_SAMPLES] if x0.dim() > 0 else x0).clone()
-            module.train()
-            memory = backprop_memory(
-                blocks,
-                x0,
-                exclude=list(module.parameters()),
-                forward_context=trainer.precision_plugin.train_step_context,
-            )
-            return memory, None
-        except Exception as err:  # the summary must never stop training
-            return None, f"{type(err).__name__}: {err}"
-        finally:
-            module.train(was_training)
+    def _partition(self, trainer: pl.Trainer, module: pl.LightningModule, rule: CreditRule) -> list[PartitionRow]:
+        blocks, heads = rule.blocks, list(getattr(rule, "heads", None) or [])
+        depths = getattr(getattr(rule, "engine", None), "depths", None)
+        learns = [f"l_{d}" for d in depths] if depths is not None else [rule.name] * len(blocks)
+        inspection = getattr(getattr(trainer.strategy, "controller", None), "inspection", None)
+        if inspection is None:
+            return partition_rows(module, blocks, heads, learns)
+        x0, shapes = inspection.first_input, inspection.output_shapes
+        target = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+        profile = self._guard("summary", lambda: profile_real_memory(
+            blocks, [], x0, target, lambda out, _: out.float().square().mean(), local_losses=False))
+        per_sample = None if profile is None else [
+            (o + g) / max(x0.shape[0], 1) for o, g in zip(profile.output_bytes, profile.graph_bytes)]
+        return partition_rows(module, blocks, heads, learns, shapes, per_sample)
 
     @rank_zero_only
-    def _print_summary(self, engine: HorizonEngine, memory: BackpropMemory | None, reason: str | None) -> None:
-        assert self.partition is not None
+    def _print_summary(self, rule: CreditRule) -> None:
         from rich import get_console
 
-        horizon = engine.horizon
-        title = f"MPC partition: {engine.num_blocks} blocks, horizon {horizon}, mode {engine.mode!r}"
-        if memory is not None:
-            caption = (
-                f"Back-propagation holds about {format_bytes(memory.total_bytes / max(memory.batch_size, 1))} of "
-                "activations per sample (block outputs shared by consecutive blocks counted once)."
-            )
-        else:
-            caption = f"Shapes and activation bytes not measured ({reason})."
-        get_console().print(render_partition(self.partition, title=title, caption=caption))
+        hidden = ("rule", "learns_from", "num_blocks")
+        settings = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}"
+                             for k, v in rule.describe().items() if k not in hidden)
+        title = f"{rule.name.upper()} partition: {len(rule.blocks)} blocks" + (f", {settings}" if settings else "")
+        get_console().print(render_partition(self.partition or [], title=title,
+                                             caption="Act./sample: real bytes each block's output and graph hold."))
 
-    # ------------------------------------------------------------------ train start / end
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        engine = _strategy_engine(trainer) or self._engine  # a callback may have replaced it since fit start
-        if engine is None or not trainer.loggers:
+        rule = self._rule
+        if rule is None or not trainer.loggers:
             return
-        self._engine = engine
-        if engine.observer is not None and engine.observer is not self._recorder:
-            self._warn_once(
-                "observer",
-                f"MPCTelemetry is off: the horizon engine already has an observer ({type(engine.observer).__name__}). "
-                "HINT: use one MPCTelemetry per trainer.",
-            )
+        if rule.observer is not None and rule.observer is not self._recorder:
+            rank_zero_warn("MPCTelemetry is off: the rule already has an observer. HINT: use one MPCTelemetry per trainer.")
             return
-        self._num_blocks = engine.num_blocks
-        self._device = pl_module.device
-        self._recorder = StepRecorder(engine.num_blocks, timing=False, on_prediction=self._on_prediction)
-        engine.observer = self._recorder
-        self._capture = BlockInputCapture(engine.blocks)
-        dtype = torch.float32 if self._device.type == "mps" else torch.float64
-        self._loss_epoch = BlockwiseRatio(self._num_blocks, dtype).to(self._device)
-        self._accuracy_epoch = BlockwiseRatio(self._num_blocks, dtype).to(self._device)
-        self._bp_pending = self.memory and self.backprop_activation_bytes is None
-        self._reset_epoch()
-        every = trainer.log_every_n_steps
-        for name, value in (("log_every_n_steps", self.log_every_n_steps), ("alignment_every", self.alignment_every)):
-            if value and every and value % every:
-                self._warn_once(
-                    name,
-                    f"MPCTelemetry({name}={value}) is not a multiple of Trainer(log_every_n_steps={every}); it is "
-                    f"measured only on steps that are multiples of both. HINT: use a multiple of {every}.",
-                )
-
-    def _follow(self, trainer: pl.Trainer, engine: HorizonEngine | None) -> bool:
-        """Move to the engine the strategy uses now (``set_horizon`` replaces it); ``False`` if impossible."""
-        old, recorder = self._engine, self._recorder
-        if old is not None and old.observer is recorder:
-            old.observer = None
-        if engine is None or engine.num_blocks != self._num_blocks or engine.observer is not None:
-            self._warn_once(
-                "engine",
-                "MPCTelemetry stopped: the strategy's horizon engine was replaced by one it cannot observe. "
-                "HINT: keep one MPCTelemetry per trainer and the same blocks during fit.",
-            )
-            self._detach()
-            return False
-        engine.observer = recorder
-        self._engine = engine
-        if self._wandb_loggers(trainer) and trainer.is_global_zero:
-            update = {"horizon": engine.horizon, "mode": engine.mode, "learns_from": list(engine.depths)}
-            for logger in self._wandb_loggers(trainer):
-                with contextlib.suppress(Exception):  # W&B extras must never stop training
-                    logger.experiment.config.update({PREFIX: self._config(engine) | update}, allow_val_change=True)
-        return True
+        blocks = rule.blocks
+        self._recorder = StepRecorder(timing=False, on_prediction=self._on_prediction,
+                                      last_block=len(blocks) - 1 if blocks else None)
+        rule.observer = self._recorder
+        self._capture = BlockInputCapture(blocks) if blocks else None
+        self._session = TelemetrySession(rule.metric_prefix, len(blocks), pl_module.device)
+        every = trainer.log_every_n_steps or 1
+        self._plan = MeasurementPlan(self.log_every_n_steps or every, self.alignment_every)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._detach()
@@ -361,476 +185,156 @@ class MPCTelemetry(Callback):
         self._detach()
 
     def _detach(self) -> None:
-        recorder = self._recorder
+        recorder = getattr(self, "_recorder", None)
         if recorder is not None:
             recorder.stop_memory()
-            if self._engine is not None and self._engine.observer is recorder:
-                self._engine.observer = None
-        if self._capture is not None:
-            self._capture.remove()
-        self._recorder = None
-        self._capture = None
-        self._target = None
-        self._predictions = {}
-        self._snapshot = None
+            if self._rule is not None and self._rule.observer is recorder:
+                self._rule.observer = None
+        if getattr(self, "_capture", None) is not None:
+            self._capture.remove()  # type: ignore[union-attr]
+        self._recorder: StepRecorder | None = None
+        self._capture: BlockInputCapture | None = None
+        self._session: TelemetrySession | None = None
+        self._step = StepPlan(False, False)
+        self._predictions: dict[int, Tensor] = {}
+        self._target: Tensor | None = None
+        self._before: list[list[Tensor | None]] | None = None
+        self._batch: Any = None
+        self._grad_norms: list[Tensor | None] | tuple[()] = ()
+        self._alignment_value: tuple[list[float], float] | None = None
 
     # ------------------------------------------------------------------ steps
-    def _reset_epoch(self) -> None:
-        if self._loss_epoch is not None:
-            self._loss_epoch.reset()
-        if self._accuracy_epoch is not None:
-            self._accuracy_epoch.reset()
-        self._loss_sum, self._loss_steps, self._final_sum, self._final_steps = None, 0, None, 0
-        self._hits_sum, self._predictions_seen = None, 0.0
-        self._measured = {name: [[] for _ in range(self._num_blocks)] for name in _MEASURED}
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._recorder is not None:
-            self._reset_epoch()
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        recorder = self._recorder
-        if recorder is None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        recorder, rule = self._recorder, self._rule
+        if recorder is None or rule is None:
             return
-        engine = _strategy_engine(trainer)
-        if engine is not self._engine and not self._follow(trainer, engine):
-            return
-        _forget_step_values(trainer)
-        loop = trainer.fit_loop.epoch_loop
-        step = loop._batches_that_stepped + 1
-        writes = (trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)) and (
-            not loop._should_accumulate()
-        )
-        every = self.log_every_n_steps
-        self._measure = writes and (every is None or step % every == 0)
-        self._align = writes and self.alignment_every > 0 and step % self.alignment_every == 0
-        self._target = _classification_target(batch) if self.accuracy else None
+        rule.observer = recorder  # a rule may replace its engine between steps (MPC's set_horizon)
+        last = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self._step = self._plan.at(optimizer_steps(trainer) + 1, accumulating=is_accumulating(trainer), last_step=last)
+        self._target = _classes(batch) if self.accuracy else None
+        self._batch = batch if self._step.align else None
         self._predictions = {}
-        recorder.timing = self._measure and self.timing
-        recorder.device = self._device if self._measure and self._device.type == "cuda" else None
-        recorder.keep_output_gradient = self._align
-        assert self._capture is not None
-        if self._align or self._bp_pending:
-            self._capture.arm(random_state=self._align)
-        self._snapshot = None
-        if self._align and batch_idx % trainer.accumulate_grad_batches != 0:
-            # Earlier micro-batches of this accumulation window already wrote gradients: keep them to subtract.
-            self._snapshot = [
-                [None if p.grad is None else p.grad.detach().clone() for p in group]
-                for group in block_parameters(self._engine.blocks if self._engine is not None else [])
-            ]
-        if self._measure and self.memory:
-            recorder.start_memory(exclude=pl_module.parameters())
+        recorder.timing = self._step.measure and self.timing
+        recorder.device = pl_module.device
+        recorder.keep_output_gradient = self._step.align
+        need_input = self._step.align or (self.memory and self.backprop_activation_bytes is None and self._step.measure)
+        if self._capture is not None and need_input:
+            self._capture.arm(random_state=self._step.align)
+        params = block_parameters(rule.blocks)
+        self._before = None
+        if self._step.align and batch_idx % trainer.accumulate_grad_batches:
+            self._before = [[None if p.grad is None else p.grad.detach().clone() for p in group] for group in params]
+        if self._step.measure and self.memory:
+            recorder.start_memory(pl_module.device, saved_bytes=self.saved_bytes, exclude=pl_module.parameters())
 
     def _on_prediction(self, index: int, prediction: Tensor) -> None:
         target = self._target
         if target is None or not isinstance(prediction, Tensor) or not prediction.is_floating_point():
             return
-        if prediction.dim() != target.dim() + 1 or prediction.shape[:-1] != target.shape or prediction.shape[-1] < 2:
-            return
-        # Kept detached (no graph) until the batch ends, where all heads' top-1 hits are counted at once.
-        self._predictions[index] = prediction.detach()
+        if prediction.dim() == target.dim() + 1 and prediction.shape[:-1] == target.shape and prediction.shape[-1] > 1:
+            self._predictions[index] = prediction.detach()
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        recorder = self._recorder
-        if recorder is None:
+        recorder, rule = self._recorder, self._rule
+        if recorder is None or rule is None:
             return
-        recorder.stop_memory()  # the step's graphs are released; probes below must not be counted
-        if self._align:
-            self._align = False
-            self._log_alignment(trainer, pl_module)
+        recorder.stop_memory()  # every gradient of the step is in .grad; probes below are not counted
+        if self._step.align and self._capture is not None and self._capture.input is not None:
+            self._guard("alignment", lambda: self._alignment(trainer, pl_module, rule))
 
-    def _log_alignment(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self._recorder is not None and self._capture is not None and self._engine is not None
-        record = self._recorder.record
-        x0, state, grad = self._capture.input, self._capture.random_state, record.output_gradient
-        if x0 is None or grad is None or not record.complete:
-            self._warn_once(
-                "alignment",
-                "MPCTelemetry could not measure the alignment: the step did not run every block from one input "
-                "or its final loss does not depend on the last block. HINT: return the loss of the model output "
-                "from training_step.",
-            )
-            return
-        blocks, heads = self._engine.blocks, self._engine.heads
-        params = block_parameters(blocks)
-        snapshot = self._snapshot
-        update: list[list[Tensor | None]] = []
-        for index, group in enumerate(params):
-            row: list[Tensor | None] = []
-            for position, p in enumerate(group):
-                before = None if snapshot is None else snapshot[index][position]
-                grad_now = None if p.grad is None else p.grad.detach()
-                row.append(grad_now if before is None or grad_now is None else grad_now - before)
-            update.append(row)
-        self._snapshot = None
+    def _alignment(self, trainer: pl.Trainer, module: pl.LightningModule, rule: CreditRule) -> None:
+        assert self._recorder is not None and self._capture is not None and self._capture.input is not None
+        record, params = self._recorder.record, block_parameters(rule.blocks)
+        grad, heads, batch = record.output_gradient, list(getattr(rule, "heads", None) or []), self._batch
+        loss = None if grad is not None else (lambda out: module_local_loss(module, out, batch))
         reference = backprop_block_gradients(
-            blocks,
-            heads,
-            x0,
-            grad_output=grad,
-            random_state=state,
-            forward_context=trainer.precision_plugin.train_step_context,
+            rule.blocks, heads, self._capture.input, grad_output=grad, loss=loss,
+            random_state=self._capture.random_state, forward_context=trainer.precision_plugin.train_step_context,
         )
-        alignment = gradient_alignment(update, reference, params)
-        for index, value in enumerate(alignment.blocks):
-            if math.isfinite(value):
-                self._pending[block_key(index, "alignment")] = value
-                self._measured["alignment"][index].append(value)
-        if math.isfinite(alignment.total):
-            self._headline[f"{PREFIX}/alignment"] = alignment.total
+        result = gradient_alignment(step_update(params, self._before), reference, params)
+        self._alignment_value = (result.blocks, result.total)
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self._recorder is None or not self._measure or self._engine is None:
-            return
-        for index, norm in enumerate(block_grad_norms(self._engine.blocks)):
-            if norm is not None:
-                self._pending[block_key(index, "grad_norm")] = norm  # a tensor: converted with the rest, one sync
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._recorder is not None and self._rule is not None and self._step.measure:
+            self._grad_norms = block_grad_norms(self._rule.blocks)
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        recorder = self._recorder
-        if recorder is None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        recorder, session, rule = self._recorder, self._session, self._rule
+        if recorder is None or session is None or rule is None:
             return
         recorder.stop_memory()
-        record = recorder.record
-        final = _returned_loss(outputs, trainer.accumulate_grad_batches)
         try:
-            losses = self._accumulate_epoch(record, final)
-            self._final_loss = final
-            if self._bp_pending and self._capture is not None and self._capture.input is not None:
-                self._measure_backprop(trainer, pl_module, batch, self._capture.input)
-            if self._measure and record.complete:
-                self._collect_step(record, losses)
-            self._write(trainer, pl_module)
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            final = loss.detach().reshape(()) * trainer.accumulate_grad_batches if isinstance(loss, Tensor) and loss.numel() == 1 else None
+            losses, accuracy = session.accumulate(recorder.record, final, self._predictions, self._target)
+            if self._step.measure:
+                self._measure_backprop(rule, pl_module, batch)
+                series, headline = session.step_metrics(
+                    recorder.record, losses, accuracy, grad_norms=self._grad_norms,
+                    alignment=self._alignment_value, backprop_bytes=self.backprop_activation_bytes,
+                )
+                self._write(trainer, pl_module, session.resolve(series, optimizer_steps(trainer)), headline)
         finally:
             if self._capture is not None:
                 self._capture.clear()
             recorder.clear()
-            self._target = None
-            self._predictions = {}
-            self._measure = False
-            self._align = False
-            self._snapshot = None
-            self._pending = {}
-            self._headline = {}
-            self._final_loss = None
+            self._grad_norms, self._alignment_value, self._predictions, self._before, self._batch = (), None, {}, None, None
 
-    def _accumulate_epoch(self, record: StepRecord, final: Tensor | None) -> Tensor | None:
-        """Add the step's losses and hits to the epoch sums; returns the heads' losses stacked (or ``None``).
-
-        A handful of tensor operations per step, whatever the depth, and no device synchronisation; the sums
-        go through the torchmetrics metrics (and their cross-process reduction) once, at the epoch end.
-        """
-        head_losses = record.losses[: self._num_blocks - 1]
-        losses = None
-        if head_losses and all(loss is not None for loss in head_losses):
-            losses = torch.stack(head_losses)  # type: ignore[arg-type]
-            self._loss_sum = losses.double() if self._loss_sum is None else self._loss_sum.add_(losses)
-            self._loss_steps += 1
-        if final is not None:
-            self._final_sum = final.double() if self._final_sum is None else self._final_sum.add_(final)
-            self._final_steps += 1
-        self._step_accuracy = None
-        if self._predictions and self._target is not None:
-            blocks = tuple(sorted(self._predictions))
-            if self._accuracy_blocks is None:
-                self._accuracy_blocks = blocks
-            if blocks == self._accuracy_blocks:
-                predictions = [self._predictions[i] for i in blocks]
-                if any(p.shape != predictions[0].shape for p in predictions):  # e.g. a head with other classes
-                    predictions = [p.argmax(-1) for p in predictions]
-                hits = block_hits(predictions, self._target)
-                self._hits_sum = hits.double() if self._hits_sum is None else self._hits_sum.add_(hits)
-                count = float(self._target.numel())
-                self._predictions_seen += count
-                self._step_accuracy = (blocks, hits, count)
-            else:
-                self._warn_once(
-                    "accuracy_blocks",
-                    f"MPCTelemetry: the blocks with class predictions changed from {list(self._accuracy_blocks)} to "
-                    f"{list(blocks)}; accuracy is only accumulated for steps like the first.",
-                )
-        return losses
-
-    def _epoch_values(self) -> tuple[list[float], list[float]]:
-        """Epoch mean loss and accuracy per block (``nan`` where there is none), reduced across processes."""
-        assert self._loss_epoch is not None and self._accuracy_epoch is not None
-        count = self._num_blocks
-        numerator = torch.zeros(count, dtype=self._loss_epoch.numerator.dtype, device=self._device)
-        denominator = torch.zeros_like(numerator)
-        if self._loss_sum is not None:
-            numerator[: count - 1] += self._loss_sum.to(numerator.dtype)
-            denominator[: count - 1] += self._loss_steps
-        if self._final_sum is not None:
-            numerator[count - 1] += self._final_sum.to(numerator.dtype)
-            denominator[count - 1] += self._final_steps
-        self._loss_epoch.update(numerator, denominator)
-        numerator, denominator = torch.zeros_like(numerator), torch.zeros_like(numerator)
-        if self._hits_sum is not None and self._accuracy_blocks is not None:
-            index = torch.tensor(self._accuracy_blocks, device=self._device)
-            numerator[index] = self._hits_sum.to(numerator.dtype)
-            denominator[index] = self._predictions_seen
-        self._accuracy_epoch.update(numerator, denominator)
-        values = torch.stack([_compute(self._loss_epoch), _compute(self._accuracy_epoch)]).tolist()
-        return values[0], values[1]
-
-    def _collect_step(self, record: StepRecord, losses: Tensor | None) -> None:
-        """Put the measured step's per-block figures in the pending metrics."""
-        pending, headline = self._pending, self._headline
-        last = self._num_blocks - 1
-        if losses is not None:
-            for index in range(last):
-                pending[block_key(index, "loss")] = losses[index]
-        if self._final_loss is not None:
-            pending[block_key(last, "loss")] = self._final_loss
-        if self._step_accuracy is not None:
-            blocks, hits, count = self._step_accuracy
-            accuracy = hits.double() / count
-            for position, index in enumerate(blocks):
-                pending[block_key(index, "accuracy")] = accuracy[position]
-        measured = self._measured
-        for index in range(self._num_blocks):
-            act, cuda, forward = record.activation_bytes[index], record.cuda_peak_bytes[index], record.forward_ms[index]
-            if act is not None:
-                pending[block_key(index, "activation_bytes")] = float(act)
-                measured["activation_bytes"][index].append(float(act))
-            if cuda is not None:
-                pending[block_key(index, "cuda_peak_bytes")] = float(cuda)
-            if self.timing:
-                if forward is not None:
-                    pending[block_key(index, "forward_ms")] = forward
-                    measured["forward_ms"][index].append(forward)
-                pending[block_key(index, "backward_ms")] = record.backward_ms[index]
-                measured["backward_ms"][index].append(record.backward_ms[index])
-        if record.peak_activation_bytes is not None:
-            headline[f"{PREFIX}/peak_activation_bytes"] = float(record.peak_activation_bytes)
-            if self.backprop_activation_bytes:
-                pending[f"{PREFIX}/backprop_activation_bytes"] = float(self.backprop_activation_bytes)
-                headline[f"{PREFIX}/activation_ratio"] = record.peak_activation_bytes / self.backprop_activation_bytes
-        if record.cuda_peak_step_bytes is not None:
-            pending[f"{PREFIX}/cuda_peak_bytes"] = float(record.cuda_peak_step_bytes)
-
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write the step's metrics: per-block series straight to every logger, whole-network figures via ``log``.
-
-        Lightning's ``LightningModule.log`` costs a fraction of a millisecond per key; the per-block series
-        (several keys per block) go to ``logger.log_metrics`` in one call per logger instead, at the step
-        Lightning writes its own metrics with, as ``LearningRateMonitor`` and ``DeviceStatsMonitor`` do. The
-        three whole-network figures go through ``log``, so they reach ``trainer.callback_metrics`` (for
-        ``ModelCheckpoint``/``EarlyStopping``) as well as the loggers.
-        """
-        pending, headline = self._pending, self._headline
-        if not pending and not headline:
+    def _measure_backprop(self, rule: CreditRule, module: pl.LightningModule, batch: Any) -> None:
+        x0 = None if self._capture is None else self._capture.input
+        if not self.memory or self.backprop_activation_bytes is not None or x0 is None:
             return
-        tensors = [key for key, value in pending.items() if isinstance(value, Tensor)]
-        if tensors:  # one device synchronisation for every tensor of the step
-            parts = [pending[key].detach().double().reshape(()) for key in tensors]  # type: ignore[union-attr]
-            stacked = torch.stack(parts)
-            values = stacked.tolist()
-            pending.update(zip(tensors, values))
-        scalars = {key: float(value) for key, value in pending.items()}
-        for key, value in scalars.items():
-            if key.endswith("/grad_norm"):
-                self._measured["grad_norm"][int(key.split("/")[1][len("block_") :])].append(value)
-        if scalars:
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped
-            scalars["epoch"] = trainer.current_epoch
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=step)
-            losses = [scalars.get(block_key(index, "loss")) for index in range(self._num_blocks)]
-            if any(v is not None for v in losses):
-                self._append_history(step, losses)
-        if headline:
-            pl_module.log_dict(headline, on_step=True, on_epoch=False, batch_size=1)
+        self.backprop_activation_bytes = 0  # measured once, even if it fails
+        allocate = module.trainer.accumulate_grad_batches == 1  # else .grad exists from the window's earlier batches
+        self.backprop_activation_bytes = self._guard("measure back-propagation's memory", lambda: backprop_peak_bytes(
+            rule.blocks, x0, batch, lambda out, b: module_local_loss(module, out, b), allocate_gradients=allocate)) or None
 
-    def _append_history(self, step: int, values: list[float | None]) -> None:
-        self._history_steps.append(step)
-        self._history_loss.append(values)
-        if len(self._history_steps) > _HISTORY_LIMIT:
-            self._history_steps = self._history_steps[::2]
-            self._history_loss = self._history_loss[::2]
-
-    def _measure_backprop(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, x0: Tensor) -> None:
-        assert self._engine is not None
-        self._bp_pending = False
-        loss = _final_loss(module, batch)
-        common = {"exclude": list(module.parameters()), "forward_context": trainer.precision_plugin.train_step_context}
-        try:
-            try:
-                memory = backprop_memory(self._engine.blocks, x0, loss=loss, **common)  # type: ignore[arg-type]
-            except Exception:
-                if loss is None:
-                    raise
-                memory = backprop_memory(self._engine.blocks, x0, **common)  # type: ignore[arg-type]
-        except Exception as err:
-            self._warn_once("backprop", f"MPCTelemetry could not measure back-propagation's activation bytes: {err}")
-            return
-        self.backprop_activation_bytes = memory.total_bytes
+    def _write(self, trainer: pl.Trainer, module: pl.LightningModule, values: dict[str, float], headline: dict[str, float]) -> None:
+        """Every figure to every logger at the measured step; the whole-network ones also to ``callback_metrics``."""
+        values = {**values, **headline, "epoch": trainer.current_epoch}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=optimizer_steps(trainer))
+        if headline:  # for ModelCheckpoint / EarlyStopping; the loggers already have them
+            module.log_dict(headline, on_step=True, on_epoch=False, batch_size=1, logger=False)
 
     # ------------------------------------------------------------------ epoch end
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._recorder is None or self._loss_epoch is None or self._accuracy_epoch is None:
+        session, rule = self._session, self._rule
+        if self._recorder is None or session is None or rule is None:
             return
-        loss, accuracy = self._epoch_values()
-        metrics: dict[str, float] = {}
-        for index in range(self._num_blocks):
-            if math.isfinite(loss[index]):
-                metrics[block_key(index, "loss_epoch")] = loss[index]
-            if math.isfinite(accuracy[index]):
-                metrics[block_key(index, "accuracy_epoch")] = accuracy[index]
+        loss, accuracy = session.epoch_values()
+        metrics = session.epoch_metrics(loss, accuracy)
+        step = max(optimizer_steps(trainer) - 1, 0)
         if metrics:
-            # At the step Lightning writes its own epoch metrics with.
             metrics["epoch"] = trainer.current_epoch
-            step = max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
-        wandb_loggers = self._wandb_loggers(trainer)
-        if wandb_loggers and trainer.is_global_zero:
-            self._wandb_epoch(trainer, wandb_loggers, loss, accuracy)
-        self._reset_epoch()
+        if self._wandb_loggers(trainer) and trainer.is_global_zero:
+            modules = [row.module for row in self.partition] if self.partition else []
+            rows = session.table_rows(trainer.current_epoch, modules, loss, accuracy)
+            for logger in self._wandb_loggers(trainer):
+                self._guard("wandb_epoch", lambda: wandb_extras.log_epoch(  # noqa: B023
+                    logger, rule.metric_prefix, TABLE_COLUMNS, rows, session.history_steps, session.history_loss, step))
+        session.reset_epoch()
 
-    # ------------------------------------------------------------------ W&B
+    # ------------------------------------------------------------------ helpers
     def _wandb_loggers(self, trainer: pl.Trainer) -> list[WandbLogger]:
-        if not self.wandb:
-            return []
-        return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)] if self.wandb else []
 
-    def _config(self, engine: HorizonEngine) -> dict[str, Any]:
-        heads = []
-        for head in engine.heads:
-            spec = getattr(head, "spec", None)
-            heads.append(spec.to_dict() if spec is not None and hasattr(spec, "to_dict") else type(head).__name__)
-        return {
-            "horizon": engine.horizon,
-            "mode": engine.mode,
-            "num_blocks": engine.num_blocks,
-            "learns_from": list(engine.depths),
-            "partition": [row.to_dict() for row in self.partition or []],
-            "heads": heads,
-            "backprop_activation_bytes_per_sample": self._bytes_per_sample,
-            "telemetry": {
-                "alignment_every": self.alignment_every,
-                "log_every_n_steps": self.log_every_n_steps,
-                "memory": self.memory,
-                "timing": self.timing,
-            },
-        }
-
-    def _wandb_setup(self, trainer: pl.Trainer, engine: HorizonEngine, loggers: list[WandbLogger]) -> None:
-        config = self._config(engine)
-        for logger in loggers:
-            try:
-                experiment = logger.experiment
-                define_block_metrics(experiment, PREFIX, engine.num_blocks)
-                experiment.config.update({PREFIX: config}, allow_val_change=True)
-                if self.partition:
-                    logger.log_table(
-                        f"{PREFIX}/partition",
-                        columns=list(self.partition[0].to_dict()),
-                        data=[[_table_value(v) for v in row.to_dict().values()] for row in self.partition],
-                        step=trainer.fit_loop.epoch_loop._batches_that_stepped,
-                    )
-            except Exception as err:  # W&B extras must never stop training
-                self._warn_once("wandb", f"MPCTelemetry could not set up the W&B extras: {type(err).__name__}: {err}")
-
-    def _wandb_epoch(
-        self, trainer: pl.Trainer, loggers: list[WandbLogger], loss: list[float], accuracy: list[float]
-    ) -> None:
-        modules = [row.module for row in self.partition] if self.partition else ["?"] * self._num_blocks
-        rows = []
-        for index in range(self._num_blocks):
-            measured = {name: _mean(self._measured[name][index]) for name in _MEASURED}
-            rows.append(
-                [
-                    trainer.current_epoch,
-                    index,
-                    modules[index],
-                    _finite(loss[index]),
-                    _finite(accuracy[index]),
-                    measured["activation_bytes"],
-                    measured["alignment"],
-                    measured["grad_norm"],
-                    measured["forward_ms"],
-                    measured["backward_ms"],
-                ]
-            )
-        step = max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
-        for logger in loggers:
-            try:
-                charts = block_charts(PREFIX, self._history_steps, self._history_loss, [row[5] for row in rows])
-                logger.log_table(f"{PREFIX}/blocks", columns=list(_TABLE_COLUMNS), data=rows, step=step)
-                if charts:
-                    logger.log_metrics(charts, step=step)
-            except Exception as err:  # W&B extras must never stop training
-                self._warn_once("wandb_epoch", f"MPCTelemetry could not log the W&B epoch table: {err}")
+    def _guard(self, what: str, work: Any) -> Any:
+        """Run optional work (W&B extras, probes); an error becomes one warning, never a stopped run."""
+        try:
+            return work()
+        except Exception as err:
+            if what not in self._warned:
+                self._warned.add(what)
+                rank_zero_warn(f"MPCTelemetry could not {what.replace('_', ' ')}: {type(err).__name__}: {err}")
+            return None
 
 
-# ---------------------------------------------------------------------- helpers
-def _strategy_engine(trainer: pl.Trainer) -> HorizonEngine | None:
-    """The horizon engine the trainer's MPC strategy uses now (``None`` under other strategies)."""
-    engine = getattr(getattr(trainer.strategy, "rule", None), "engine", None)
-    return engine if isinstance(engine, HorizonEngine) else None
-
-
-def _forget_step_values(trainer: pl.Trainer) -> None:
-    """Stop Lightning from writing our last step values again at its next logging steps.
-
-    Lightning keeps every ``on_step`` value and writes it at each logging step of the epoch until it is
-    logged again; telemetry measured every few steps would then be repeated as if it had been measured
-    on every step. The values stay in ``trainer.callback_metrics``.
-    """
-    results = getattr(trainer, "_results", None)
-    if results is None:
-        return
-    for item in results.values():
-        meta = getattr(item, "meta", None)
-        if meta is not None and meta.on_step and meta.name in _HEADLINE and not item.has_reset:
-            item.reset()
-
-
-def _compute(metric: BlockwiseRatio) -> Tensor:
-    """The metric's value, ``nan`` everywhere before any update (without torchmetrics' warning)."""
-    if metric.update_count == 0:
-        return torch.full((metric.num_blocks,), float("nan"), device=metric.numerator.device)
-    return metric.compute().float()
-
-
-def _table_value(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return str(list(value))
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _cuda_devices(device: torch.device) -> list[torch.device]:
-    return [device] if device.type == "cuda" else []
-
-
-def _returned_loss(outputs: Any, accumulate: int) -> Tensor | None:
-    """The loss ``training_step`` returned (Lightning hands it over divided by the accumulation)."""
-    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        return None
-    loss = loss.detach() if loss.dim() == 0 else loss.detach().reshape(())
-    return loss * accumulate if accumulate != 1 else loss
-
-
-def _final_loss(module: pl.LightningModule, batch: Any) -> Any:
-    """The loss applied to the model output in the back-propagation probe: the module's local loss."""
-    if isinstance(module, MPCMixin):
-        return lambda output: module.local_loss(output, batch)
-    try:
-        target = batch_target(batch)
-    except TypeError:
-        return None
-    return lambda output: default_local_loss(output, target)
+RuleTelemetry = MPCTelemetry
+"""The same callback under a rule-neutral name."""
 
 
 def validate_telemetry(telemetry: object) -> bool | MPCTelemetry:
@@ -848,30 +352,14 @@ def validate_telemetry(telemetry: object) -> bool | MPCTelemetry:
 
 
 def attach_telemetry(trainer: pl.Trainer, telemetry: bool | MPCTelemetry) -> MPCTelemetry | None:
-    """Add the telemetry callback to ``trainer`` unless the user already gave one.
-
-    Called by the MPC strategies at setup. An :class:`MPCTelemetry` in ``Trainer(callbacks=...)`` always
-    wins; otherwise ``telemetry`` (``True`` for the defaults, an instance for a configured one, ``False``
-    for none) decides. The callback goes before the checkpoint callbacks, so that they can monitor its
-    metrics.
-
-    Returns:
-        The callback in use, or ``None``.
-    """
+    """Add the telemetry callback to ``trainer`` unless the user already gave one (before the checkpoint callbacks)."""
     for callback in trainer.callbacks:
         if isinstance(callback, MPCTelemetry):
             return callback
-    if telemetry is False or telemetry is None:
+    if telemetry is False:
         return None
-    if telemetry is True:
-        callback = MPCTelemetry()
-    elif isinstance(telemetry, MPCTelemetry):
-        callback = telemetry
-    else:
-        raise TypeError(
-            f"telemetry must be a bool or an MPCTelemetry, got {type(telemetry).__name__}. "
-            "HINT: pass telemetry=False to turn it off, or MPCTelemetry(...) to configure it."
-        )
+    callback = MPCTelemetry() if telemetry is True else validate_telemetry(telemetry)
+    assert isinstance(callback, MPCTelemetry)
     position = next((i for i, c in enumerate(trainer.callbacks) if isinstance(c, Checkpoint)), len(trainer.callbacks))
     trainer.callbacks.insert(position, callback)
     return callback

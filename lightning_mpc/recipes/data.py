@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from lightning_mpc.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES, BundledMNIST
 from lightning_mpc.data.split import SplitDataModule
 
-__all__ = ["CIFAR10Data", "DatasetUnavailableError", "LinearTeacherData", "MNISTData"]
+__all__ = ["CIFAR10Data", "ClassificationData", "DatasetUnavailableError", "LinearTeacherData", "MNISTData"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -84,6 +84,7 @@ class MNISTData(SplitDataModule):
         num_workers: ``DataLoader`` workers.
         limit: use only the first ``limit`` samples of each split (smoke runs).
         seed: seed of the training loader's own shuffling generator.
+        normalize: normalise the pixels; ``False`` keeps them in 0..1.
 
     Raises:
         ValueError: for an unknown ``name`` or bad sizes.
@@ -100,6 +101,7 @@ class MNISTData(SplitDataModule):
         num_workers: int = 0,
         limit: int | None = None,
         seed: int = 0,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         if name not in ("bundled", "mnist"):
@@ -116,10 +118,13 @@ class MNISTData(SplitDataModule):
         self.num_workers = num_workers
         self.limit = limit
         self.seed = seed
+        self.normalize = normalize
         self.num_classes = NUM_CLASSES
         self.dims = (1, 28, 28)
         self._bundled = (
-            BundledMNIST(batch_size=batch_size, num_workers=num_workers, limit=limit, shuffle_seed=seed)
+            BundledMNIST(
+                batch_size=batch_size, num_workers=num_workers, limit=limit, shuffle_seed=seed, normalize=normalize
+            )
             if name == "bundled"
             else None
         )
@@ -141,7 +146,10 @@ class MNISTData(SplitDataModule):
     def _mnist(self, train: bool, download: bool) -> Dataset:
         from torchvision import datasets, transforms
 
-        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+        steps: list[Any] = [transforms.ToTensor()]
+        if self.normalize:
+            steps.append(transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)))
+        transform = transforms.Compose(steps)
         return _load_torchvision(
             datasets.MNIST, self.data_dir, download, self._unavailable, train=train, transform=transform
         )
@@ -172,7 +180,7 @@ class CIFAR10Data(SplitDataModule):
     """CIFAR-10 through torchvision (50,000 training images; the 10,000 test images validate and test).
 
     Training images are augmented with a 4-pixel padded random crop and a horizontal flip; all images are
-    normalised with the CIFAR-10 channel statistics. ``fake=True`` replaces both splits by random tensors
+    normalised with the CIFAR-10 channel statistics (unless ``normalize=False``). ``fake=True`` replaces both splits by random tensors
     of the same shape (``fake_size`` samples each) for smoke tests and timing runs without the data.
 
     Args:
@@ -185,6 +193,7 @@ class CIFAR10Data(SplitDataModule):
         fake: random data instead of CIFAR-10; nothing is read or downloaded.
         fake_size: samples per split when ``fake``.
         seed: seed of the shuffling generator (and of the fake data).
+        normalize: normalise with the CIFAR-10 channel statistics; ``False`` keeps the pixels in 0..1.
 
     Raises:
         DatasetUnavailableError: from ``prepare_data``/``setup`` when CIFAR-10 is missing and cannot be
@@ -202,6 +211,7 @@ class CIFAR10Data(SplitDataModule):
         fake: bool = False,
         fake_size: int = 256,
         seed: int = 0,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         _check_common("CIFAR10Data", batch_size, num_workers, limit)
@@ -217,6 +227,7 @@ class CIFAR10Data(SplitDataModule):
         self.fake = fake
         self.fake_size = fake_size
         self.seed = seed
+        self.normalize = normalize
         self.num_classes = 10
         self.dims = (3, 32, 32)
         self.train_set: Dataset | None = None
@@ -240,7 +251,9 @@ class CIFAR10Data(SplitDataModule):
         steps: list[Any] = []
         if train and self.augment:
             steps += [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-        steps += [transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+        steps.append(transforms.ToTensor())
+        if self.normalize:
+            steps.append(transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD))
         return _load_torchvision(
             datasets.CIFAR10,
             self.data_dir,
@@ -275,6 +288,104 @@ class CIFAR10Data(SplitDataModule):
         else:
             train, evaluation = self._cifar(train=True, download=False), self._cifar(train=False, download=False)
         self.train_set, self.eval_set = _limited(train, self.limit), _limited(evaluation, self.limit)
+
+
+class ClassificationData(SplitDataModule):
+    """MNIST (bundled or full) or CIFAR-10 behind one ``name`` flag, so that ``--data.name cifar10`` switches a recipe.
+
+    ``"bundled"`` and ``"mnist"`` are :class:`MNISTData`, ``"cifar10"`` is :class:`CIFAR10Data`. ``dims`` and
+    ``num_classes`` follow the dataset, so a model that reads its input size from the data
+    (:class:`~lightning_mpc.recipes.DropoutMLP` with ``in_features=None``) trains on each unchanged. A missing
+    dataset that cannot be downloaded raises :class:`DatasetUnavailableError` (the message names the files, the
+    folder, and the flag to use instead); the bundled digits need nothing.
+
+    Args:
+        name: ``"bundled"`` (10,000 digits shipped with the package), ``"mnist"`` or ``"cifar10"`` (torchvision).
+        data_dir: folder of torchvision's files.
+        download: download a missing torchvision dataset.
+        batch_size: samples per batch.
+        num_workers: ``DataLoader`` workers.
+        limit: use only the first ``limit`` samples of each split (smoke runs).
+        seed: seed of the training loader's shuffling generator (and of fake data).
+        normalize: normalise the pixels with the dataset's statistics; ``False`` keeps them in 0..1.
+        augment: CIFAR-10 only: random crop and flip on the training split.
+        fake: CIFAR-10 only: random tensors of CIFAR-10's shape instead of the data (smoke runs).
+        fake_size: samples per split when ``fake``.
+
+    Raises:
+        ValueError: for an unknown ``name``, or ``augment``/``fake`` with MNIST.
+    """
+
+    def __init__(
+        self,
+        name: Literal["bundled", "mnist", "cifar10"] = "bundled",
+        data_dir: str = "data",
+        download: bool = True,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        limit: int | None = None,
+        seed: int = 0,
+        normalize: bool = True,
+        augment: bool = False,
+        fake: bool = False,
+        fake_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if name not in ("bundled", "mnist", "cifar10"):
+            raise ValueError(
+                f"ClassificationData: unknown name {name!r}. HINT: use bundled (the digits shipped with lightning-mpc, "
+                "offline), mnist or cifar10 (torchvision, downloaded into data_dir)."
+            )
+        if name != "cifar10" and (augment or fake):
+            raise ValueError(
+                f"ClassificationData: augment and fake apply to CIFAR-10 only, got name={name!r} with "
+                f"augment={augment}, fake={fake}. HINT: drop them, or pass --data.name cifar10."
+            )
+        self.save_hyperparameters()
+        self.name = name
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.inner: MNISTData | CIFAR10Data
+        if name == "cifar10":
+            self.inner = CIFAR10Data(
+                data_dir=data_dir,
+                download=download,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                augment=augment,
+                limit=limit,
+                fake=fake,
+                fake_size=fake_size,
+                seed=seed,
+                normalize=normalize,
+            )
+        else:
+            self.inner = MNISTData(
+                name=name,
+                data_dir=data_dir,
+                download=download,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                limit=limit,
+                seed=seed,
+                normalize=normalize,
+            )
+        self.num_classes = self.inner.num_classes
+        self.dims = self.inner.dims
+
+    def prepare_data(self) -> None:
+        """Download the dataset when it is missing and ``download`` is true (nothing for the bundled digits)."""
+        self.inner.prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the training and evaluation splits.
+
+        Args:
+            stage: Lightning's stage; both splits are built for every stage.
+        """
+        self.inner.setup(stage)
+        self.train_set, self.eval_set = self.inner.train_set, self.inner.eval_set
 
 
 class LinearTeacherData(SplitDataModule):

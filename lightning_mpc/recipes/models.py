@@ -1,16 +1,17 @@
-"""The LightningModules of the recipes: a deep MLP, a CIFAR ResNet-18 and the paper's deep linear network.
+"""The LightningModules of the recipes: a deep MLP, a residual MLP, a CIFAR ResNet-18, a deep linear network, an RNN.
 
-Every model here is an ordinary ``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its
-bases, so it trains unchanged under Lightning's default strategy (back-propagation) and under
-``strategy="mpc"`` / :class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's
-``net`` attribute (an ``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``,
-``val/acc`` and ``test/acc`` for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the
-regression model.
+Every model here but :class:`RecurrentTask` (target propagation's recurrent network) is an ordinary
+``LightningModule`` with :class:`~lightning_mpc.MPCMixin` first among its bases, so it trains unchanged
+under Lightning's default strategy (back-propagation) and under ``strategy="mpc"`` /
+:class:`~lightning_mpc.MPCStrategy`. The network to cut into blocks is the module's ``net`` attribute (an
+``nn.Sequential`` or a torchvision ``ResNet``). Metric names are ``train/loss``, ``val/acc`` and ``test/acc``
+for the classifiers, ``train/loss``, ``val/loss`` and ``test/loss`` for the regression model.
 """
 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Any, Literal
 
 import lightning as L
@@ -21,14 +22,21 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models import MobileNetV3
 
+from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.core.partition import BlockSpan
 from lightning_mpc.lightning.mixin import MPCMixin
+from lightning_mpc.rules.pint.modules import residual_mlp
+from lightning_mpc.rules.tp.functional import Nonlinearity
+from lightning_mpc.rules.tp.modules import Init, RNNSequenceModel
 
 __all__ = [
     "DeepLinear",
+    "DropoutMLP",
     "MLPClassifier",
     "MobileNetV3Classifier",
+    "RecurrentTask",
     "ResNetClassifier",
+    "ResidualMLPClassifier",
     "cifar_resnet",
     "mobilenet_v3",
     "mobilenet_v3_blocks",
@@ -109,7 +117,28 @@ class _SGDClassifier(_Classifier):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class MLPClassifier(_Classifier):
+class _FlatAdamClassifier(_Classifier):
+    """Inputs of any shape ``(batch, ...)`` flattened for ``self.net``; Adam over every parameter."""
+
+    lr: float
+    weight_decay: float
+
+    def _set_training(self, lr: float, weight_decay: float, num_classes: int) -> None:
+        """Adam's settings and the accuracy metrics."""
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self._add_accuracy(num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of inputs of any shape ``(batch, ...)``."""
+        return self.net(x.flatten(1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over every parameter (under MPC this includes the local heads)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class MLPClassifier(_FlatAdamClassifier):
     """An MLP of ``num_blocks`` blocks: ``Linear + ReLU`` blocks, then a ``Linear`` to the classes.
 
     The blocks are the children of ``self.net`` (an ``nn.Sequential``), which is what
@@ -153,17 +182,157 @@ class MLPClassifier(_Classifier):
         blocks: list[nn.Module] = [nn.Sequential(nn.Linear(w_in, hidden), nn.ReLU()) for w_in in widths[:-1]]
         blocks.append(nn.Linear(hidden, num_classes))
         self.net = nn.Sequential(*blocks)
+        self._set_training(lr, weight_decay, num_classes)
+
+
+class ResidualMLPClassifier(_FlatAdamClassifier):
+    """A residual MLP read as an ODE: a stem, ``num_steps`` Euler steps of equal width, a linear classifier.
+
+    ``self.net`` is :func:`~lightning_mpc.rules.pint.residual_mlp`: ``Linear + Tanh`` to ``width``, then
+    ``num_steps`` blocks ``x + dt * tanh(W x + b)`` (:class:`~lightning_mpc.rules.pint.ResidualStep`,
+    ``dt = horizon / num_steps``), then ``Linear`` to the classes. The model of the ``pint_mnist_resmlp`` recipe,
+    trained parallel in time with ``strategy="pint"`` (or with back-propagation, or MPC, like any module here).
+
+    Args:
+        num_steps: ODE steps (at least 1).
+        width: the state's width.
+        horizon: the integration time ``T``.
+        in_features: flattened input size.
+        num_classes: number of classes.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+
+    Raises:
+        ValueError: for no step, a non-positive width or horizon, or fewer than 2 classes.
+    """
+
+    def __init__(
+        self,
+        num_steps: int = 16,
+        width: int = 128,
+        horizon: float = 4.0,
+        in_features: int = 28 * 28,
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(
+                f"ResidualMLPClassifier needs at least 2 classes, got {num_classes}. HINT: pass num_classes >= 2."
+            )
+        self.save_hyperparameters()
+        self.net = residual_mlp(num_steps, width, in_features, num_classes, horizon)
+        self._set_training(lr, weight_decay, num_classes)
+
+
+class DropoutMLP(_Classifier):
+    """``Linear + ReLU + Dropout`` blocks and a last ``Linear``, trained by SGD with momentum and step decay.
+
+    The network and optimizer of the PEPITA papers (Dellaferrera & Kreiman, arXiv 2201.11665): one hidden
+    layer of 1024, dropout 10 %, no biases, He-uniform weights (uniform in ``+-sqrt(6 / fan_in)``), SGD with
+    momentum 0.9, the learning rate divided by 10 at the ``milestones`` epochs. Its blocks (the children of
+    ``self.net``) suit ``strategy="pepita"``, MPC and back-propagation alike; inputs of any shape are flattened.
+
+    Args:
+        hidden: the widths of the hidden layers.
+        in_features: the flattened input size; ``None`` reads it from the datamodule's ``dims`` when training
+            starts (so ``--data.name cifar10`` needs no other flag), and stores it in the hyper-parameters.
+        num_classes: number of classes.
+        dropout: dropout probability after every hidden activation.
+        bias: give the layers biases (the papers' networks have none).
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        milestones: epochs at which the learning rate is multiplied by ``gamma``.
+        gamma: the learning-rate factor at each milestone.
+
+    Raises:
+        ValueError: for an empty or non-positive width, or a dropout outside ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        hidden: list[int] | None = None,
+        in_features: int | None = None,
+        num_classes: int = 10,
+        dropout: float = 0.1,
+        bias: bool = False,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        hidden = [1024] if hidden is None else list(hidden)
+        if not hidden or min(hidden) < 1 or num_classes < 2 or (in_features is not None and in_features < 1):
+            raise ValueError(
+                f"DropoutMLP: hidden={hidden}, in_features={in_features} and num_classes={num_classes} must be positive "
+                "(at least one hidden layer, two classes). HINT: check the model's init_args."
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"DropoutMLP: dropout must be in [0, 1), got {dropout}. HINT: the papers use 0.1.")
+        self.save_hyperparameters()
+        self.hidden = hidden
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.bias = bias
         self.lr = lr
+        self.momentum = momentum
         self.weight_decay = weight_decay
+        self.milestones = list(milestones or [])
+        self.gamma = gamma
+        self.net: nn.Sequential | None = None  # type: ignore[assignment]
+        if in_features is not None:
+            self.net = self._build(in_features)
         self._add_accuracy(num_classes)
+
+    def _build(self, in_features: int) -> nn.Sequential:
+        widths = [in_features, *self.hidden]
+        blocks: list[nn.Module] = [
+            nn.Sequential(nn.Linear(w_in, w_out, bias=self.bias), nn.ReLU(), nn.Dropout(self.dropout))
+            for w_in, w_out in pairwise(widths)
+        ]
+        blocks.append(nn.Linear(widths[-1], self.num_classes, bias=self.bias))
+        net = nn.Sequential(*blocks)
+        for module in net.modules():
+            if isinstance(module, nn.Linear):
+                bound = math.sqrt(6.0 / module.in_features)
+                nn.init.uniform_(module.weight, -bound, bound)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        return net
+
+    def configure_model(self) -> None:
+        """Build the network from the datamodule's ``dims`` when ``in_features`` was not given."""
+        if self.net is not None:
+            return
+        dims = getattr(getattr(self._trainer, "datamodule", None), "dims", None)
+        if dims is None:
+            raise ValueError(
+                "DropoutMLP(in_features=None) reads its input size from the datamodule's dims, but the trainer has no "
+                "datamodule with dims. HINT: pass in_features (784 for MNIST, 3072 for CIFAR-10)."
+            )
+        in_features = math.prod(dims)
+        self.hparams["in_features"] = in_features  # checkpoints rebuild the same network
+        self.net = self._build(in_features)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of inputs of any shape ``(batch, ...)``."""
+        if self.net is None:
+            raise RuntimeError("DropoutMLP has no network yet. HINT: pass in_features, or train it with a datamodule.")
         return self.net(x.flatten(1))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over every parameter (under MPC this includes the local heads)."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """SGD with momentum over every parameter, the learning rate multiplied by ``gamma`` at each milestone."""
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        if not self.milestones:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=self.milestones, gamma=self.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def cifar_resnet(
@@ -388,3 +557,88 @@ class DeepLinear(MPCMixin, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over every parameter (under MPC this includes the local heads)."""
         return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class RecurrentTask(L.LightningModule):
+    """A recurrent network on a sequence task: the model of the ``tp_*`` recipes (target propagation vs BPTT).
+
+    The network is a :class:`~lightning_mpc.rules.tp.RNNSequenceModel` (an explicitly unrolled tanh RNN and a
+    linear readout) in ``self.net``. The loss is cross-entropy for integer targets (temporal order, sequential
+    MNIST) and mean squared error for floating-point ones (adding). Under Lightning's default strategy it
+    trains with back-propagation through time; under ``strategy="tp"`` with target propagation, with the same
+    ``training_step``. Metrics: ``train/loss``, ``val/loss``, ``test/loss``, and ``val/acc``, ``test/acc`` for
+    classes. Pair it with :class:`~lightning_mpc.data.sequences.SequenceData`.
+
+    Args:
+        input_size: features per step (temporal order 6, adding 2, sequential MNIST the chunk size).
+        hidden_size: the RNN's width (the paper: 100).
+        output_size: classes, or 1 for the adding task.
+        per_step: a readout at every step (sequence labelling) instead of the last one.
+        nonlinearity: ``"tanh"``, ``"identity"`` or ``"relu"`` (back-propagation only).
+        init: ``"orthogonal"`` (the paper's) or ``"uniform"``.
+        lr: SGD learning rate (the paper: 0.1 for target propagation, 1e-5 with momentum 0.9 for BPTT on
+            temporal order).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum (the paper's BPTT runs use it with momentum 0.9).
+    """
+
+    def __init__(
+        self,
+        input_size: int = 6,
+        hidden_size: int = 100,
+        output_size: int = 4,
+        per_step: bool = False,
+        nonlinearity: Nonlinearity = "tanh",
+        init: Init = "orthogonal",
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__()
+        if not lr > 0 or momentum < 0 or (nesterov and momentum == 0):
+            raise ValueError(
+                f"RecurrentTask: lr={lr}, momentum={momentum}, nesterov={nesterov}: the learning rate must be "
+                "positive, the momentum non-negative, and Nesterov needs a momentum. HINT: check the model's init_args."
+            )
+        self.save_hyperparameters()
+        self.net = RNNSequenceModel(
+            input_size, hidden_size, output_size, per_step=per_step, nonlinearity=nonlinearity, init=init
+        )
+        self.lr = lr
+        self.momentum = momentum
+        self.nesterov = nesterov
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Predictions for sequences ``(batch, T, input_size)``."""
+        return self.net(x)
+
+    def _evaluate(self, batch: Batch, stage: str) -> Tensor:
+        x, y = batch
+        prediction = self(x)
+        loss = default_local_loss(prediction, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test")
+        if not y.is_floating_point():
+            accuracy = (prediction.argmax(dim=-1) == y).float().mean()
+            self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """The loss of one forward (back-propagated under BPTT; only reported under target propagation)."""
+        return self._evaluate(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Loss (and accuracy for classes) on the evaluation split."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Loss (and accuracy for classes) on the evaluation split."""
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The network's output (``batch`` is ``(x, y)`` or ``x``)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD over every parameter."""
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)

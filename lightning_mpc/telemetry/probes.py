@@ -14,39 +14,34 @@ deep linear networks).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_mpc.core.alignment import Alignment, gradient_alignment
 from lightning_mpc.core.engine import horizon_backward
 from lightning_mpc.core.hooks import first_block_input
 from lightning_mpc.core.isolation import RandomState, forked_rng, isolated_gradients
-from lightning_mpc.core.memory import preserved_buffers, storage_key
+from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.core.partition import hook_points
 from lightning_mpc.core.schedule import Mode
 
 __all__ = [
     "Alignment",
-    "BackpropMemory",
     "BlockInputCapture",
     "RandomState",
     "backprop_block_gradients",
-    "backprop_memory",
+    "backprop_peak_bytes",
     "block_grad_norms",
     "block_parameters",
     "first_block_input",
     "gradient_alignment",
     "measure_alignment",
+    "step_update",
 ]
-
-Gradients = Sequence[Sequence[Tensor | None]]
-"""One list of gradients per block, in the order of :func:`block_parameters`."""
-
 
 def block_parameters(blocks: Sequence[nn.Module]) -> list[list[nn.Parameter]]:
     """The trainable parameters of every block, in ``parameters()`` order."""
@@ -115,74 +110,6 @@ class BlockInputCapture:
 
 
 # --------------------------------------------------------------------------- alignment
-@dataclass(frozen=True)
-class Alignment:
-    """Cosines between the horizon rule's update and back-propagation's gradient.
-
-    Attributes:
-        blocks: one cosine per block over its parameters; ``nan`` for a block without trainable
-            parameters or whose back-propagation gradient is zero, ``0`` when only the update is zero.
-        total: the cosine of the two gradients concatenated over every block's parameters.
-    """
-
-    blocks: list[float]
-    total: float
-
-
-def _float_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _cosine(dot: float, update_sq: float, reference_sq: float) -> float:
-    if reference_sq == 0.0 or not math.isfinite(reference_sq):
-        return float("nan")
-    if update_sq == 0.0:
-        return 0.0
-    return dot / math.sqrt(update_sq * reference_sq)
-
-
-def gradient_alignment(
-    update: Gradients,
-    reference: Gradients,
-    parameters: Sequence[Sequence[nn.Parameter]] | None = None,
-) -> Alignment:
-    """Per-block and whole-network cosine between two sets of block gradients.
-
-    Args:
-        update: the horizon rule's gradients, one list per block (``None`` means zero).
-        reference: back-propagation's gradients, same structure.
-        parameters: the parameters the gradients belong to; when given, a parameter shared by
-            several blocks counts once in :attr:`Alignment.total`.
-    """
-    if len(update) != len(reference):
-        raise ValueError(f"Got gradients for {len(update)} and {len(reference)} blocks; they must match.")
-    rows: list[list[float]] = []
-    seen: set[int] = set()
-    total: Tensor | None = None
-    for index, (upd, ref) in enumerate(zip(update, reference)):
-        if len(upd) != len(ref):
-            raise ValueError(f"Block {index}: {len(upd)} update gradients against {len(ref)} reference gradients.")
-        terms: Tensor | None = None
-        for position, (u, r) in enumerate(zip(upd, ref)):
-            like = u if u is not None else r
-            if like is None:
-                continue
-            dtype = _float_dtype(like.device)
-            u64 = torch.zeros_like(like, dtype=dtype) if u is None else u.detach().to(dtype)
-            r64 = torch.zeros_like(like, dtype=dtype) if r is None else r.detach().to(like.device, dtype)
-            part = torch.stack([(u64 * r64).sum(), (u64 * u64).sum(), (r64 * r64).sum()]).cpu().double()
-            terms = part if terms is None else terms + part
-            key = id(parameters[index][position]) if parameters is not None else None
-            if key is None or key not in seen:
-                total = part if total is None else total + part
-            if key is not None:
-                seen.add(key)
-        rows.append([0.0, 0.0, 0.0] if terms is None else terms.tolist())
-    per_block = [_cosine(*row) if (u or r) else float("nan") for row, u, r in zip(rows, update, reference)]
-    total_terms = [0.0, 0.0, 0.0] if total is None else total.tolist()
-    return Alignment(blocks=per_block, total=_cosine(*total_terms))
-
-
 def _run_blocks_replaying_heads(
     blocks: Sequence[nn.Module], heads: Sequence[nn.Module | None], x: Tensor
 ) -> Tensor:
@@ -290,135 +217,6 @@ def measure_alignment(
     return gradient_alignment(update, reference, params)
 
 
-# --------------------------------------------------------------------------- memory
-class _StorageCounter:
-    """Sizes of the distinct storages saved for backward while active (parameters excluded)."""
-
-    def __init__(self, excluded: set[tuple[str, int]]) -> None:
-        self.excluded = excluded
-        self.sizes: dict[tuple[str, int], int] = {}
-
-    def _pack(self, tensor: Tensor) -> Any:
-        key = storage_key(tensor)
-        if key in self.excluded or isinstance(tensor, nn.Parameter):
-            return tensor
-        self.sizes.setdefault(key, tensor.untyped_storage().nbytes())
-        # A detached alias: keeping the tensor itself would keep its grad_fn alive (a reference cycle).
-        return tensor.detach()
-
-    @staticmethod
-    def _unpack(tensor: Tensor) -> Tensor:
-        return tensor
-
-    def hooks(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    @property
-    def total(self) -> int:
-        return sum(self.sizes.values())
-
-
-@dataclass(frozen=True)
-class BackpropMemory:
-    """Activation memory of back-propagation on one batch, measured block by block.
-
-    Attributes:
-        block_bytes: bytes each block's graph saves for backward, measured alone.
-        shared_bytes: bytes of block outputs saved by both the block that produced them and the next
-            one; a single graph holds them once, so they are subtracted from :attr:`total_bytes`.
-        loss_bytes: bytes the final loss saves (``0`` when no loss was given).
-        total_bytes: what back-propagation holds at its peak, just before its backward: every block's
-            graph and the final loss's, each storage once.
-        batch_size: the batch's size (first dimension of block 0's input).
-        output_shapes: every block's output shape, batch first.
-    """
-
-    block_bytes: list[int]
-    shared_bytes: int
-    loss_bytes: int
-    total_bytes: int
-    batch_size: int
-    output_shapes: list[tuple[int, ...]]
-
-    @property
-    def bytes_per_sample(self) -> list[float]:
-        """:attr:`block_bytes` divided by the batch size."""
-        return [b / max(self.batch_size, 1) for b in self.block_bytes]
-
-
-def backprop_memory(
-    blocks: Sequence[nn.Module],
-    x: Tensor,
-    *,
-    loss: Callable[[Tensor], Tensor] | None = None,
-    exclude: Iterable[Tensor] = (),
-    forward_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
-) -> BackpropMemory:
-    """Bytes back-propagation would hold on this batch, without holding them.
-
-    One block's graph is alive at a time, so the probe needs about the largest block's activations, not
-    the network's; storages shared by consecutive blocks are counted once, which makes the total equal to
-    a :class:`~lightning_mpc.SavedTensorMeter` around a full forward. Buffers are restored and the random
-    state is forked.
-
-    Args:
-        blocks: the blocks, in order.
-        x: block 0's input.
-        loss: maps the last block's output to the final loss, whose graph is counted as well.
-        exclude: tensors that are not activations (the model's parameters).
-        forward_context: a context for the forwards (e.g. the precision plugin's autocast).
-    """
-    excluded = {storage_key(t) for t in exclude}
-    device = _device_of(blocks, x)
-    block_bytes: list[int] = []
-    shapes: list[tuple[int, ...]] = []
-    shared = 0
-    loss_bytes = 0
-    previous: _StorageCounter | None = None
-    current: Tensor = x.detach()
-    requires_grad = x.requires_grad
-    context = forward_context if forward_context is not None else contextlib.nullcontext
-    with preserved_buffers(blocks), forked_rng([device]), torch.enable_grad():
-        for block in blocks:
-            inp = current.detach().requires_grad_(requires_grad and current.is_floating_point())
-            counter = _StorageCounter(excluded)
-            with context(), counter.hooks():
-                out = block(inp)
-            if not isinstance(out, Tensor):
-                raise TypeError(
-                    f"Block {len(block_bytes)} ({type(block).__name__}) returned {type(out).__name__}, expected a "
-                    "Tensor. HINT: blocks must map one tensor to one tensor."
-                )
-            key = storage_key(inp)
-            if previous is not None and key in previous.sizes and key in counter.sizes:
-                shared += counter.sizes[key]
-            block_bytes.append(counter.total)
-            shapes.append(tuple(out.shape))
-            requires_grad = out.requires_grad
-            current = out.detach()
-            previous = counter
-            del out, inp
-        if loss is not None:
-            leaf = current.detach().requires_grad_(requires_grad and current.is_floating_point())
-            counter = _StorageCounter(excluded)
-            with context(), counter.hooks():
-                value = loss(leaf)
-            key = storage_key(leaf)
-            if previous is not None and key in previous.sizes and key in counter.sizes:
-                shared += counter.sizes[key]
-            loss_bytes = counter.total
-            del value, leaf
-    batch = int(x.shape[0]) if x.dim() > 0 else 1
-    return BackpropMemory(
-        block_bytes=block_bytes,
-        shared_bytes=shared,
-        loss_bytes=loss_bytes,
-        total_bytes=sum(block_bytes) + loss_bytes - shared,
-        batch_size=batch,
-        output_shapes=shapes,
-    )
-
-
 # --------------------------------------------------------------------------- gradients
 def block_grad_norms(blocks: Sequence[nn.Module]) -> list[Tensor | None]:
     """The 2-norm of each block's parameter gradients (a 0-d tensor on the gradients' device).
@@ -442,3 +240,45 @@ def _norm(grad: Tensor) -> Tensor:
     if grad.dtype in (torch.float16, torch.bfloat16):
         return torch.linalg.vector_norm(grad, dtype=torch.float32)
     return torch.linalg.vector_norm(grad).float()
+
+
+# --------------------------------------------------------------------------- for the telemetry callback
+def step_update(
+    params: Sequence[Sequence[nn.Parameter]], before: Sequence[Sequence[Tensor | None]] | None = None
+) -> list[list[Tensor | None]]:
+    """The gradient a step wrote into each block's parameters: ``.grad`` minus what it held before the step."""
+    update: list[list[Tensor | None]] = []
+    for index, group in enumerate(params):
+        row: list[Tensor | None] = []
+        for position, param in enumerate(group):
+            previous = None if before is None else before[index][position]
+            grad = None if param.grad is None else param.grad.detach()
+            row.append(grad if previous is None or grad is None else grad - previous)
+        update.append(row)
+    return update
+
+
+def backprop_peak_bytes(
+    blocks: Sequence[nn.Module],
+    x: Tensor,
+    target: Any,
+    loss_fn: Callable[[Tensor, Any], Tensor],
+    *,
+    allocate_gradients: bool = False,
+) -> int:
+    """What back-propagation would really hold on this batch (allocator bytes), measured one block at a time.
+
+    Uses the window model of :func:`~lightning_mpc.core.memory.profile_real_memory` at ``h = T``, so it needs
+    about one block's memory, not the network's. Gradients, buffers and the random state are left alone.
+
+    Args:
+        blocks: the blocks.
+        x: block 0's input.
+        target: the second argument of ``loss_fn``.
+        loss_fn: the loss of the last block's output.
+        allocate_gradients: the step starts without ``.grad`` (as a Lightning step after ``zero_grad``).
+    """
+    from lightning_mpc.core.memory import profile_real_memory
+
+    profile = profile_real_memory(blocks, [], x, target, loss_fn, local_losses=False)
+    return profile.predict_peak(len(blocks), allocate_gradients=allocate_gradients)

@@ -1,7 +1,7 @@
 """The partition summary: one row per block, like Lightning's model summary.
 
 Block index, where the block lives in the model, its parameters and output shape, its local head,
-the depth whose loss trains it, and the activation bytes per sample its graph saves for backward.
+what trains it, and the real bytes per sample its output and graph hold.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from torch import nn
 
 from lightning_mpc.core.heads import LocalHead
 from lightning_mpc.core.partition import BlockSpan, describe
-from lightning_mpc.telemetry.probes import BackpropMemory
+from lightning_mpc.horizon.units import format_bytes
 
-__all__ = ["PartitionRow", "format_bytes", "format_count", "module_path", "partition_rows", "render_partition"]
+__all__ = ["PartitionRow", "format_count", "module_path", "partition_rows", "render_partition"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ class PartitionRow:
         output_shape: the block's output shape without the batch dimension (``None`` if not measured).
         head: the local head (``"vector 256->10"``, ``"none"``, ``"model output"`` for the last block).
         head_parameters: trainable parameter elements of the head.
-        learns_from: the depth ``j`` whose loss ``l_j`` trains the block.
-        activation_bytes_per_sample: bytes the block's graph saves for backward, per sample (``None`` if
-            not measured).
+        learns_from: what trains the block (MPC: ``"l_j"``, the loss at depth ``j``).
+        activation_bytes_per_sample: real bytes the block's output and graph hold after its forward, per
+            sample (``None`` if not measured).
     """
 
     index: int
@@ -43,23 +43,12 @@ class PartitionRow:
     output_shape: tuple[int, ...] | None
     head: str
     head_parameters: int
-    learns_from: int
+    learns_from: str
     activation_bytes_per_sample: float | None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` (for logger configs)."""
         return asdict(self)
-
-
-def format_bytes(value: float | None) -> str:
-    """``1536`` -> ``"1.5 KiB"`` (powers of 1024); ``"-"`` for ``None``."""
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
 
 
 def format_count(value: int) -> str:
@@ -102,34 +91,35 @@ def partition_rows(
     root: nn.Module,
     blocks: Sequence[nn.Module],
     heads: Sequence[nn.Module | None],
-    depths: Sequence[int],
-    memory: BackpropMemory | None = None,
+    learns_from: Sequence[str],
+    output_shapes: Sequence[Sequence[int]] | None = None,
+    bytes_per_sample: Sequence[float] | None = None,
 ) -> list[PartitionRow]:
     """The summary rows of a partition.
 
     Args:
         root: the model the blocks belong to (for module paths).
         blocks: the blocks.
-        heads: the local heads, one per block but the last.
-        depths: the depth whose loss trains each block (:attr:`HorizonEngine.depths`).
-        memory: a :func:`~lightning_mpc.telemetry.probes.backprop_memory` measurement, for output shapes
-            and bytes per sample.
+        heads: the local heads, one per block but the last (``[]`` for rules without heads).
+        learns_from: what trains each block (MPC: ``"l_3"``).
+        output_shapes: every block's output shape, batch first.
+        bytes_per_sample: every block's real bytes (output and graph) per sample.
     """
     rows = []
     for index, block in enumerate(blocks):
         last = index == len(blocks) - 1
-        head = None if last else heads[index]
+        head = None if last or index >= len(heads) else heads[index]
         rows.append(
             PartitionRow(
                 index=index,
                 module=module_path(root, block),
                 kind=describe(block),
                 parameters=_count(block),
-                output_shape=None if memory is None else tuple(memory.output_shapes[index][1:]),
-                head="model output" if last else _describe_head(head),
+                output_shape=None if output_shapes is None else tuple(output_shapes[index][1:]),
+                head="model output" if last else ("-" if index >= len(heads) else _describe_head(head)),
                 head_parameters=_count(head),
-                learns_from=int(depths[index]),
-                activation_bytes_per_sample=None if memory is None else memory.bytes_per_sample[index],
+                learns_from=learns_from[index] if index < len(learns_from) else "-",
+                activation_bytes_per_sample=None if bytes_per_sample is None else bytes_per_sample[index],
             )
         )
     return rows
@@ -160,7 +150,7 @@ def render_partition(rows: Sequence[PartitionRow], title: str, caption: str | No
             format_count(row.parameters),
             shape,
             head,
-            f"l_{row.learns_from}",
-            format_bytes(row.activation_bytes_per_sample),
+            row.learns_from,
+            format_bytes(row.activation_bytes_per_sample, binary=True),
         )
     return table

@@ -6,10 +6,11 @@ keeps only the bookkeeping. Nothing here needs network: W&B's offline and disabl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BLOCK_SUMMARIES", "block_charts", "define_block_metrics"]
+__all__ = ["BLOCK_SUMMARIES", "block_charts", "define_block_metrics", "log_epoch", "setup_run"]
 
 BLOCK_SUMMARIES = (
     ("loss", "min,last"),
@@ -81,3 +82,50 @@ def block_charts(
             title="Activation bytes held per block window",
         )
     return charts
+
+
+def setup_run(
+    logger: Any, prefix: str, num_blocks: int, config: dict[str, Any], partition: Sequence[dict[str, Any]], step: int
+) -> None:
+    """At fit start: metric definitions, the rule's configuration in the run config, the partition table.
+
+    Args:
+        logger: a Lightning ``WandbLogger``.
+        prefix: the metric prefix.
+        num_blocks: the number of blocks.
+        config: the rule's description and the telemetry settings (stored under ``config[prefix]``).
+        partition: the partition summary rows as dictionaries.
+        step: the step to log the table at.
+    """
+    experiment = logger.experiment
+    define_block_metrics(experiment, prefix, num_blocks)
+    experiment.config.update({prefix: config}, allow_val_change=True)
+    if partition:
+        columns = list(partition[0])
+        data = [[_table_value(value) for value in row.values()] for row in partition]
+        logger.log_table(f"{prefix}/partition", columns=columns, data=data, step=step)
+
+
+def log_epoch(
+    logger: Any,
+    prefix: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    history_steps: Sequence[int],
+    history_loss: Sequence[Sequence[float | None]],
+    step: int,
+) -> None:
+    """At an epoch's end: the per-block table and the charts (loss per block over steps, memory per block)."""
+    memory_column = list(columns).index("activation_bytes")
+    charts = block_charts(prefix, history_steps, history_loss, [row[memory_column] for row in rows])
+    logger.log_table(f"{prefix}/blocks", columns=list(columns), data=[list(row) for row in rows], step=step)
+    if charts:
+        logger.log_metrics(charts, step=step)
+
+
+def _table_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return str(list(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

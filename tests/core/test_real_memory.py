@@ -165,3 +165,64 @@ def _check(blocks: list[nn.Module], heads: list[nn.Module], expected: dict[int, 
         for param in module.parameters():
             assert param.grad is not None, f"{type(module).__name__} got no gradient"
             torch.testing.assert_close(param.grad, expected[id(param)], rtol=1e-6, atol=1e-9)
+
+
+def test_marks_split_the_measurement_into_intervals() -> None:
+    with RealMemoryMeter() as meter:
+        meter.mark()
+        a = torch.empty(1 << 20)  # 4 MiB held from interval 0 on
+        meter.mark()
+        b = torch.empty(1 << 21)  # 8 MiB more, freed within interval 1
+        del b
+        meter.mark()
+        c = torch.empty(1 << 18)  # 1 MiB
+    assert meter.result is not None
+    peaks = meter.result.interval_peaks
+    assert len(peaks) == 3
+    mib = 2**20
+    assert 4 * mib <= peaks[0] < 4.5 * mib
+    assert 12 * mib <= peaks[1] < 12.5 * mib
+    assert 5 * mib <= peaks[2] < 5.5 * mib
+    del a, c
+
+
+def _window_model_case(name: str) -> tuple[list[nn.Module], torch.Tensor]:
+    import torchvision
+
+    from lightning_mpc import partition
+
+    if name == "mlp":
+        return list(mlp_network(num_blocks=8, width=512)), torch.randn(256, 784)
+    if name == "resnet18":
+        return partition(torchvision.models.resnet18(num_classes=10)), torch.randn(16, 3, 32, 32)
+    depth = int(name.removeprefix("resnet"))
+    return list(cifar_resnet_depth(depth)), torch.randn(4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet18", "resnet20", "resnet56", "resnet110"])
+def test_window_model_predicts_the_real_peak(name: str) -> None:
+    from lightning_mpc.core.memory import profile_real_memory
+
+    torch.manual_seed(0)
+    blocks, x = _window_model_case(name)
+    y = torch.randint(0, 10, (x.shape[0],))
+    heads = _heads(blocks, x)
+    profile = profile_real_memory(blocks, list(heads), x, y, F.cross_entropy)
+    with preserved_buffers(blocks):
+        for mode in ("sliding", "block"):
+            horizon_backward(blocks, list(heads), x, y, F.cross_entropy, 1, mode)  # allocate every .grad
+            for horizon in (1, 2, 4):
+                _, measured = measure_peak(horizon_backward, blocks, list(heads), x, y, F.cross_entropy, horizon, mode)
+                predicted = profile.predict_peak(horizon, mode)
+                ratio = predicted / measured.peak_bytes
+                assert 1 / 1.25 <= ratio <= 1.25, f"{name} {mode} h={horizon}: predicted/measured = {ratio:.2f}"
+        bp_measured = measure_peak(lambda: F.cross_entropy(run_blocks(blocks, x), y).backward())[1].peak_bytes
+    assert 1 / 1.25 <= profile.predict_peak(len(blocks)) / bp_measured <= 1.25
+    parts = profile.breakdown(1)
+    assert sum(parts.values()) == profile.predict_peak(1)
+
+
+def test_a_meter_inside_another_profiler_session_refuses_instead_of_corrupting_it() -> None:
+    with RealMemoryMeter():
+        with pytest.raises(RuntimeError, match="another torch.profiler session.*HINT"):
+            RealMemoryMeter().__enter__()

@@ -80,6 +80,15 @@ def loader(dataset: TensorDataset, batch_size: int = 8) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def trainer(**kwargs: Any) -> L.Trainer:
     defaults: dict[str, Any] = {
         "accelerator": "cpu",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader
 import lightning_mpc
 from lightning_mpc import MPCDDPStrategy, MPCStrategy, partition
 from lightning_mpc.core.gradsync import GradientAverager, broadcast_tensors
-from tests.lightning.helpers import Classifier, RankShardSampler, mlp_net, trainer, vector_data
+from tests.lightning.helpers import Classifier, RankShardSampler, free_port, mlp_net, trainer, vector_data
 from tests.models import auto_heads
 
 JOINT_BATCH = 8
@@ -96,11 +95,7 @@ def _average_once(rank: int, asynchronous: bool, queue: Any) -> None:
 
 
 def test_gradient_averager_averages_every_bucket() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     mp.start_processes(_averager_worker, args=(2, port, queue), nprocs=2, start_method="spawn")

@@ -233,7 +233,7 @@ def test_float64_model_reloaded_keeps_float64_heads_and_trains_again(tmp_path: A
 def test_an_error_in_the_wandb_charts_does_not_stop_training(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
-    import lightning_mpc.lightning.telemetry as telemetry
+    import lightning_mpc.telemetry.wandb_extras as wandb_extras
 
     for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_SILENT"):
         monkeypatch.delenv(name, raising=False)
@@ -242,7 +242,7 @@ def test_an_error_in_the_wandb_charts_does_not_stop_training(tmp_path: Any, monk
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("chart backend exploded")
 
-    monkeypatch.setattr(telemetry, "block_charts", broken)
+    monkeypatch.setattr(wandb_extras, "block_charts", broken)
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="reliability")
     torch.manual_seed(0)
     t = trainer(strategy=MPCStrategy(horizon=2), logger=logger, max_epochs=2, log_every_n_steps=1)

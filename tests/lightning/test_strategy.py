@@ -77,8 +77,10 @@ def _hand_loop(
         for p in params:
             if p.grad is not None:
                 p.grad /= accumulate
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        if clip is not None:  # the network together, each local head by its own norm (docs/reliability.md)
+            torch.nn.utils.clip_grad_norm_(list(net.parameters()), clip)
+            for head in heads:
+                torch.nn.utils.clip_grad_norm_(list(head.parameters()), clip)
         optimizer.step()
 
 

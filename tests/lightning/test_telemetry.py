@@ -23,7 +23,12 @@ from torch import nn
 
 from lightning_mpc import MPCStrategy, MPCTelemetry, partition
 from lightning_mpc.core.partition import run_blocks
-from lightning_mpc.lightning.telemetry import _TABLE_COLUMNS, block_key
+from lightning_mpc.telemetry.session import TABLE_COLUMNS as _TABLE_COLUMNS
+from lightning_mpc.telemetry.session import block_key as _block_key
+
+
+def block_key(index: int, name: str) -> str:
+    return _block_key("mpc", index, name)
 from tests.lightning.helpers import Classifier, image_data, loader, mlp_net, small_resnet, trainer, vector_data
 from tests.models import auto_heads
 from tests.reference import reference_gradients
@@ -98,11 +103,10 @@ def test_csv_logger_receives_every_per_block_key_with_finite_values(tmp_path: Pa
     assert [r[block_key(4, "loss")] for r in step_rows] == pytest.approx([r["train_loss"] for r in step_rows], rel=1e-6)
     for row in step_rows:
         per_block = [row[block_key(i, "activation_bytes")] for i in range(NUM_BLOCKS)]
-        assert row["mpc/peak_activation_bytes"] == max(per_block)
+        assert 0.9 * row["mpc/peak_activation_bytes"] <= max(per_block) <= row["mpc/peak_activation_bytes"]
         assert row["mpc/backprop_activation_bytes"] == telemetry.backprop_activation_bytes
         ratio = row["mpc/peak_activation_bytes"] / row["mpc/backprop_activation_bytes"]
         assert row["mpc/activation_ratio"] == pytest.approx(ratio)
-        assert row["mpc/activation_ratio"] < 1.0  # h = 2 of 5 blocks holds less than back-propagation
         assert -1.0 <= row["mpc/alignment"] <= 1.0 + 1e-6
     # the whole-network figures also reach callback_metrics (ModelCheckpoint / EarlyStopping can monitor them)
     for key in ("mpc/alignment", "mpc/peak_activation_bytes", "mpc/activation_ratio"):
@@ -112,20 +116,31 @@ def test_csv_logger_receives_every_per_block_key_with_finite_values(tmp_path: Pa
     assert _values(rows, block_key(0, "loss_epoch"))[0] == pytest.approx(sum(first_epoch) / 8, rel=1e-5)
 
 
-def test_back_propagation_bytes_match_a_meter_on_the_first_batch(tmp_path: Path) -> None:
-    from lightning_mpc import SavedTensorMeter
-    from lightning_mpc.core.memory import preserved_buffers
+def test_real_memory_falls_with_the_horizon_and_back_propagation_is_predicted(tmp_path: Path) -> None:
+    """Activation-dominated: a batch of 4096 through 12 blocks 64 wide; every figure is allocator bytes."""
+    from lightning_mpc.core.realmem import measure_peak
+    from lightning_mpc.telemetry import backprop_peak_bytes
 
+    data = vector_data(n=8192)
+    ratios = {}
+    for horizon in (1, 2, 12):
+        torch.manual_seed(0)
+        module, telemetry = Classifier(net=mlp_net(width=64, depth=12)), MPCTelemetry()
+        t = trainer(strategy=MPCStrategy(horizon=horizon), logger=CSVLogger(tmp_path, name=f"h{horizon}"),
+                    log_every_n_steps=1, max_steps=2, callbacks=[telemetry])
+        t.fit(module, loader(data, batch_size=4096))
+        ratios[horizon] = _values(_csv_rows(t), "mpc/activation_ratio")[-1]
+    assert ratios[1] < ratios[2] < ratios[12], ratios
+    assert ratios[1] < 0.7 and 0.8 <= ratios[12] <= 1.3, ratios
+    # back-propagation's figure: the window model at h = T, within 1.25x of a measured plain step
     torch.manual_seed(0)
-    module = Classifier()
-    telemetry = MPCTelemetry()
-    _fit(module, tmp_path, telemetry, max_steps=1)
-    x, y = next(iter(loader(vector_data())))
-    meter = SavedTensorMeter(exclude=module.parameters())
-    with preserved_buffers([module]), meter:
-        loss = F.cross_entropy(run_blocks(partition(module.net), x), y)
-    del loss
-    assert telemetry.backprop_activation_bytes == meter.peak_bytes
+    module = Classifier(net=mlp_net(width=64, depth=12))
+    x, y = next(iter(loader(data, batch_size=4096)))
+    blocks = partition(module.net)
+    predicted = backprop_peak_bytes(blocks, x, y, F.cross_entropy, allocate_gradients=True)
+    module.zero_grad(set_to_none=True)
+    measured = measure_peak(lambda: F.cross_entropy(run_blocks(blocks, x), y).backward())[1].peak_bytes
+    assert 0.8 <= predicted / measured <= 1.25
 
 
 # --------------------------------------------------------------------------- alignment
@@ -221,7 +236,7 @@ def test_bf16_mixed_precision_logs_finite_values(tmp_path: Path) -> None:
         for name in STEP_KEYS:
             values = [row[block_key(index, name)] for row in steps.values()]
             assert len(values) == 3 and all(math.isfinite(v) for v in values), block_key(index, name)
-    assert all(0 < row["mpc/activation_ratio"] < 1 for row in steps.values())
+    assert all(0 < row["mpc/activation_ratio"] for row in steps.values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -230,8 +245,8 @@ def test_cuda_runs_log_the_allocator_peaks(tmp_path: Path) -> None:
     t = _fit(Classifier(), tmp_path, MPCTelemetry(), max_steps=2, accelerator="gpu")
     steps = _by_step(_csv_rows(t))
     for row in steps.values():
-        peaks = [row[block_key(index, "cuda_peak_bytes")] for index in range(NUM_BLOCKS)]
-        assert all(p > 0 for p in peaks) and row["mpc/cuda_peak_bytes"] == max(peaks)
+        peaks = [row[block_key(index, "activation_bytes")] for index in range(NUM_BLOCKS)]
+        assert all(p > 0 for p in peaks) and row["mpc/peak_activation_bytes"] >= max(peaks)
         assert all(row[block_key(index, "forward_ms")] >= 0 for index in range(NUM_BLOCKS))
 
 
@@ -256,9 +271,8 @@ def test_strategy_adds_a_default_callback_and_a_user_callback_replaces_it(tmp_pa
     t.fit(Classifier(), loader(vector_data()))
     assert not any(isinstance(c, MPCTelemetry) for c in t.callbacks)
 
-    with pytest.raises(TypeError, match="telemetry must be a bool or an MPCTelemetry.*HINT"):
-        bad = MPCStrategy(telemetry="yes")  # type: ignore[arg-type]
-        trainer(strategy=bad, max_steps=1).fit(Classifier(), loader(vector_data()))
+    with pytest.raises(TypeError, match="telemetry must be True, False or an MPCTelemetry.*HINT"):
+        MPCStrategy(telemetry="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -266,7 +280,7 @@ def test_strategy_adds_a_default_callback_and_a_user_callback_replaces_it(tmp_pa
     [
         ({"alignment_every": -1}, "alignment_every must be an integer >= 0"),
         ({"alignment_every": 1.5}, "alignment_every must be an integer >= 0"),
-        ({"log_every_n_steps": 0}, "log_every_n_steps must be None or an integer >= 1"),
+        ({"log_every_n_steps": 0}, "log_every_n_steps must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_explained(kwargs: dict, message: str) -> None:
@@ -274,21 +288,23 @@ def test_bad_arguments_are_explained(kwargs: dict, message: str) -> None:
         MPCTelemetry(**kwargs)
 
 
-def test_cadence_follows_the_trainer_and_its_own_setting(tmp_path: Path) -> None:
+def test_cadence_measures_the_first_step_every_n_and_the_last(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match=r"alignment_every=3\) is not a multiple of Trainer\(log_every_n_steps=2\)"):
-        t = _fit(
-            Classifier(),
-            tmp_path,
-            MPCTelemetry(log_every_n_steps=4, alignment_every=3),
-            log_every_n_steps=2,
-            max_epochs=2,
-        )
+    t = _fit(Classifier(), tmp_path, MPCTelemetry(log_every_n_steps=4, alignment_every=6), log_every_n_steps=2,
+             max_steps=15, max_epochs=2)
     rows = _csv_rows(t)
     measured = [int(row["step"]) for row in rows if block_key(0, "activation_bytes") in row]
-    assert measured == [3, 7, 11, 15]
+    assert measured == [0, 3, 5, 7, 11, 14]  # logged at the step count after optimizer steps 1, 4, 6, 8, 12, 15
     aligned = [int(row["step"]) for row in rows if "mpc/alignment" in row]
-    assert aligned == [5, 11]  # steps that both cadences write: (step + 1) divisible by 2 and by 3
+    assert aligned == [0, 5, 11]
+
+
+def test_runs_shorter_than_the_logging_interval_still_get_per_block_metrics(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    t = _fit(Classifier(), tmp_path, MPCTelemetry(), log_every_n_steps=50, max_steps=3)
+    rows = _csv_rows(t)
+    measured = [int(row["step"]) for row in rows if block_key(0, "loss") in row]
+    assert measured == [0, 2]  # the first and the last of three steps
 
 
 def test_without_a_logger_nothing_is_measured() -> None:
@@ -315,7 +331,7 @@ def test_callback_keeps_no_graph_and_detaches_after_fit(tmp_path: Path) -> None:
     class Probe(L.Callback):
         def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
             observers.append(trainer.strategy.mpc.engine.observer)
-            assert telemetry._recorder is not None and telemetry._recorder.meter is None  # meter closed each step
+            assert telemetry._recorder is not None and not telemetry._recorder.measuring_memory  # closed each step
 
     t = _fit(Classifier(), tmp_path, telemetry, max_steps=3, callbacks=[telemetry, Probe()])
     assert len(observers) == 3 and all(o is not None for o in observers)
@@ -369,7 +385,7 @@ def test_partition_summary_is_printed_at_fit_start(capsys: pytest.CaptureFixture
     assert rows[0].output_shape == (64, 4, 4) and rows[-1].output_shape == (3,)  # 16x16 input
     stem = (module.net.conv1.weight, module.net.bn1.weight, module.net.bn1.bias)
     assert rows[0].parameters == sum(p.numel() for p in stem)
-    assert [r.learns_from for r in rows] == [min(k + 2, 10) for k in range(10)]
+    assert [r.learns_from for r in rows] == [f"l_{min(k + 2, 10)}" for k in range(10)]
     assert all(r.activation_bytes_per_sample and r.activation_bytes_per_sample > 0 for r in rows)
     assert rows[0].head.startswith("feature_map 64->3") and rows[-1].head == "model output"
 
@@ -446,7 +462,8 @@ def test_wandb_extras_with_a_mocked_wandb(tmp_path: Path, fake_wandb: types.Modu
     for table in tables:
         assert table.columns == _TABLE_COLUMNS and len(table.data) == NUM_BLOCKS
         for epoch, block, module, loss, accuracy, act, alignment, *rest in table.data:
-            assert math.isfinite(loss) and 0 <= accuracy <= 1 and act > 0 and -1 <= alignment <= 1 + 1e-6
+            assert math.isfinite(loss) and 0 <= accuracy <= 1, (loss, accuracy)
+            assert act > 0 and -1 <= alignment <= 1 + 1e-6, (act, alignment)
     assert [entry["mpc/blocks"].data[0][0] for entry in logged if "mpc/blocks" in entry] == [0, 1]
     assert any("mpc/partition" in entry for entry in logged)
     assert any(entry.get("mpc/charts/block_loss") == "line-chart" for entry in logged)
@@ -454,7 +471,8 @@ def test_wandb_extras_with_a_mocked_wandb(tmp_path: Path, fake_wandb: types.Modu
     assert all("trainer/global_step" in entry for entry in logged)
     line = fake_wandb.plot.line_series.call_args_list[-1].kwargs
     assert line["keys"] == [f"block_{i:02d}" for i in range(NUM_BLOCKS)]
-    assert len(line["ys"]) == NUM_BLOCKS and all(len(ys) == len(line["xs"]) == 8 for ys in line["ys"])
+    # measured on step 1 and every 2nd of 16 steps: 9 points
+    assert len(line["ys"]) == NUM_BLOCKS and all(len(ys) == len(line["xs"]) == 9 for ys in line["ys"])
     assert any(block_key(2, "loss") in entry for entry in logged)  # the ordinary metrics arrive through log_metrics
 
 

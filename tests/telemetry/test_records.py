@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mpc import HorizonEngine, SavedTensorMeter, horizon_backward
 from lightning_mpc.core.memory import preserved_buffers
+from lightning_mpc.core.realmem import measure_peak
 from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.telemetry import BlockwiseRatio, StepRecorder, block_hits
 from tests.models import CASES
@@ -42,23 +43,30 @@ def test_recorder_figures_match_an_unobserved_step(name: str, horizon: int, mode
         horizon_backward(blocks, list(heads), x, y, F.cross_entropy, horizon, mode)
     plain = {id(p): p.grad.clone() for p in exclude if p.grad is not None}
     for p in exclude:
-        p.grad = None
+        p.grad = torch.zeros_like(p)
+    with preserved_buffers([model, heads]):
+        unobserved = measure_peak(horizon_backward, blocks, list(heads), x, y, F.cross_entropy, horizon, mode)[1]
+    for p in exclude:
+        p.grad = torch.zeros_like(p)
 
-    recorder = StepRecorder(len(blocks))
-    with preserved_buffers([model, heads]), recorder.measure_memory(exclude=exclude):
+    recorder = StepRecorder(last_block=len(blocks) - 1)
+    with preserved_buffers([model, heads]):
+        recorder.start_memory(saved_bytes=True, exclude=exclude)
         horizon_backward(blocks, list(heads), x, y, F.cross_entropy, horizon, mode, observer=recorder)
-        assert recorder.meter is not None
-        assert recorder.meter.current_bytes == 0, "the recorder kept a graph alive"
-    assert recorder.meter is None
+        recorder.stop_memory()
     record = recorder.record
     assert record.complete
-    # Observing changes nothing: same gradients, same peak.
+    # Observing changes nothing: same gradients, the same saved bytes, about the same real peak.
     for p in exclude:
-        if p.grad is not None:
+        if id(p) in plain:
             torch.testing.assert_close(p.grad, plain[id(p)], rtol=0, atol=0)
-    assert record.peak_activation_bytes == meter.peak_bytes
-    assert max(b for b in record.activation_bytes if b is not None) == record.peak_activation_bytes
-    assert all(b is not None and b > 0 for b in record.activation_bytes)
+    assert record.peak_saved_bytes == meter.peak_bytes
+    assert record.peak_memory_bytes is not None
+    assert 0.9 <= record.peak_memory_bytes / unobserved.peak_bytes <= 1.1
+    # Real memory per block: every block measured; the largest is the step's peak.
+    assert sorted(record.memory_bytes) == list(range(len(blocks)))
+    assert max(record.memory_bytes.values()) == record.peak_memory_bytes
+    assert all(value > 0 for value in record.memory_bytes.values())
     # Local losses: head k on x_{k+1}, computed independently.
     with torch.no_grad(), preserved_buffers([model, heads]):
         h = x
@@ -66,26 +74,34 @@ def test_recorder_figures_match_an_unobserved_step(name: str, horizon: int, mode
             h = block(h)
             expected = F.cross_entropy(heads[index](h), y)
             loss = record.losses[index]
-            assert loss is not None and not loss.requires_grad
+            assert not loss.requires_grad
             torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    assert record.losses[-1] is None
-    assert all(t is not None and t >= 0 for t in record.forward_ms)
+    assert len(blocks) - 1 not in record.losses  # the final loss is the caller's
+    assert sorted(record.forward_ms) == list(range(len(blocks))) and all(t >= 0 for t in record.forward_ms.values())
     with_params = [i for i, b in enumerate(blocks) if any(True for _ in b.parameters())]
     assert all(record.backward_ms[i] > 0 for i in with_params)
-    assert record.cuda_peak_bytes == [None] * len(blocks)
 
 
 def test_recorder_without_memory_or_timing_records_losses_only() -> None:
     torch.manual_seed(0)
     _, blocks, heads, x, y = CASES["mlp"]()
-    recorder = StepRecorder(len(blocks), timing=False)
+    recorder = StepRecorder(timing=False, last_block=len(blocks) - 1)
     horizon_backward(blocks, list(heads), x, y, F.cross_entropy, 2, observer=recorder)
     record = recorder.record
-    assert record.complete and all(loss is not None for loss in record.losses[:-1])
-    assert record.forward_ms == [None] * len(blocks) and record.backward_ms == [0.0] * len(blocks)
-    assert record.activation_bytes == [None] * len(blocks) and record.peak_activation_bytes is None
+    assert record.complete and sorted(record.losses) == list(range(len(blocks) - 1))
+    assert record.forward_ms == {} and record.backward_ms == {}
+    assert record.memory_bytes == {} and record.peak_memory_bytes is None
     recorder.clear()
-    assert recorder.record.losses == [None] * len(blocks) and not recorder.record.complete
+    assert recorder.record.losses == {} and not recorder.record.complete
+
+
+def test_signals_are_recorded_detached() -> None:
+    recorder = StepRecorder()
+    value = torch.tensor(2.0, requires_grad=True) * 3
+    recorder.signal("goodness", 1, value)
+    recorder.signal("angle", None, 0.5)
+    assert recorder.record.signals[("angle", None)] == 0.5
+    assert not recorder.record.signals[("goodness", 1)].requires_grad
 
 
 def test_prediction_hook_and_output_gradient() -> None:
@@ -93,7 +109,7 @@ def test_prediction_hook_and_output_gradient() -> None:
     _, blocks, heads, x, y = CASES["mlp"]()
     seen: dict[int, Tensor] = {}
     recorder = StepRecorder(
-        len(blocks), keep_output_gradient=True, on_prediction=lambda i, p: seen.__setitem__(i, p.detach())
+        keep_output_gradient=True, on_prediction=lambda i, p: seen.__setitem__(i, p.detach()), last_block=len(blocks) - 1
     )
     horizon_backward(blocks, list(heads), x, y, F.cross_entropy, 2, observer=recorder)
     assert sorted(seen) == list(range(len(blocks)))  # every head, and the model output for the last block
