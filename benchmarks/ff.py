@@ -40,16 +40,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_mpc import FFRule, MPCStrategy, RealMemoryMeter, RuleStrategy, horizon_backward
+from lightning_mpc import FFRule, MPCStrategy, RuleStrategy, horizon_backward
+from lightning_mpc.bench import (
+    MIB,
+    TrainingSetup,
+    bench_trainer,
+    interleaved_rounds,
+    machine_line,
+    quiet_lightning,
+    step_peak,
+    time_call,
+)
 from lightning_mpc.core.heads import build_heads, head_specs_for
 from lightning_mpc.core.hooks import BlockHooks
-from lightning_mpc.data import BundledMNIST
-from lightning_mpc.demo import quiet_lightning
 from lightning_mpc.recipes import MLPClassifier
 from lightning_mpc.rules import RuleSetup, RuleStep
-from side_by_side import accuracy_trainer, bp_step, measure_steps, with_grads
 
-MIB = 2**20
+Step = Callable[[], None]
+
 FF_CONFIGS: dict[str, dict[str, Any]] = {
     "hardest negatives": {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "hardest"},
     "random negatives": {"goodness": "mean", "sharpness": 10.0, "label_value": 10.0, "negatives": "random"},
@@ -69,7 +77,7 @@ class Row:
     accuracy: float
     fit_s: float
     peak_bytes: int = 0
-    ratio: float = float("nan")
+    ratio: str = "-"
 
 
 def _model(args: argparse.Namespace) -> MLPClassifier:
@@ -87,11 +95,12 @@ def _strategy(label: str) -> Any:
 def train(args: argparse.Namespace) -> list[Row]:
     """Train every method and evaluate it (FF twice from the same model: goodness and readout prediction)."""
     rows: list[Row] = []
+    setup = TrainingSetup(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit)
     for label in (METHODS[m] for m in args.methods):
         L.seed_everything(args.seed, verbose=False)
-        data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
+        data = setup.datamodule()
         model = _model(args)
-        trainer = accuracy_trainer(_strategy(label), args.epochs)
+        trainer = bench_trainer(setup, _strategy(label), limit_val_batches=0)
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         fit_s = time.perf_counter() - start
@@ -151,32 +160,48 @@ def _mpc_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
     return step
 
 
-def measure(args: argparse.Namespace, rows: list[Row]) -> int:
+def bp_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Step:
+    """One back-propagation step: the model's forward, cross-entropy, backward."""
+
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+
+    return step
+
+
+def measure(args: argparse.Namespace, rows: list[Row]) -> tuple[int, str]:
     """Real memory and step time of one step of each trained method and of back-propagation, side by side.
 
     Returns:
-        Back-propagation's step peak (bytes), the baseline of the memory ratios.
+        Back-propagation's step peak (bytes), the baseline of the memory ratios, and the timing's noise note.
     """
     torch.manual_seed(args.seed)
     x = torch.randn(args.memory_batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.memory_batch,))
-    factories: dict[str, Callable[[MLPClassifier, Tensor, Tensor], Callable[[], None]]] = {"BP": bp_step}
+    factories: dict[str, Callable[[MLPClassifier, Tensor, Tensor], Step]] = {"BP": bp_step}
     for label in dict.fromkeys(row.label.split(":")[0] for row in rows):
         if label == "MPC h=1":
             factories[label] = _mpc_step
         elif label.startswith("FF, "):
             factories[label] = lambda m, a, b, c=label.removeprefix("FF, "): _ff_step(m, a, b, c)
-    steps: dict[str, Callable[[], None]] = {}
+    steps: dict[str, tuple[Step, list[torch.nn.Parameter]]] = {}
     for label, factory in factories.items():
         torch.manual_seed(args.seed)
         model = _model(args)
-        steps[label] = with_grads(factory(model, x, y), model)
-    peaks, ratios = measure_steps(steps, args.rounds)
+        steps[label] = (factory(model, x, y), list(model.parameters()))
+    peaks = {label: _peak(step, params) for label, (step, params) in steps.items()}
+    timings = interleaved_rounds({label: lambda s=step: time_call(s) for label, (step, _) in steps.items()}, args.rounds)
     for row in rows:
         key = row.label.split(":")[0]
         row.peak_bytes = peaks[key]
-        row.ratio = ratios[key]
-    return peaks["BP"]
+        row.ratio = timings.ratio(key).format()
+    return peaks["BP"], timings.noise_note()
+
+
+def _peak(step: Step, params: list[torch.nn.Parameter]) -> int:
+    """The least real peak of two steps after a warm-up (gradient buffers prepared beforehand)."""
+    step_peak(step, params, "cpu")
+    return min(step_peak(step, params, "cpu").peak_bytes for _ in range(2))
 
 
 def depth_table(args: argparse.Namespace) -> str:
@@ -193,11 +218,7 @@ def depth_table(args: argparse.Namespace) -> str:
         for label, factory in (("BP", bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random negatives"))):
             torch.manual_seed(args.seed)
             model = MLPClassifier(num_blocks=depth + 1, hidden=args.hidden, lr=args.lr)
-            step = with_grads(factory(model, x, y), model)
-            step()
-            with RealMemoryMeter() as meter:
-                step()
-            peaks[label] = meter.peak_bytes
+            peaks[label] = _peak(factory(model, x, y), list(model.parameters()))
         lines.append(
             f"| {depth} | {peaks['BP'] / MIB:.1f} | {peaks['MPC'] / peaks['BP']:.2f} | {peaks['FF'] / peaks['BP']:.2f} |"
         )
@@ -207,13 +228,13 @@ def depth_table(args: argparse.Namespace) -> str:
 def table(rows: list[Row], bp_peak: int) -> str:
     """The Markdown table; ratios are to back-propagation's."""
     lines = [
-        "| method | eval accuracy (%) | step peak (MiB) | memory / BP | step time / BP | training run (s) |",
+        "| method | eval accuracy (%) | step peak (MiB) | memory / BP | step time / BP (IQR) | training run (s) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row.label} | {100 * row.accuracy:.2f} | {row.peak_bytes / MIB:.2f} | "
-            f"{row.peak_bytes / bp_peak:.2f} | {row.ratio:.2f} | {row.fit_s:.0f} |"
+            f"{row.peak_bytes / bp_peak:.2f} | {row.ratio} | {row.fit_s:.0f} |"
         )
     return "\n".join(lines)
 
@@ -239,10 +260,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     with quiet_lightning(all_warnings=True):
         rows = train(args)
-    bp_peak = measure(args, rows)
+    bp_peak, noise = measure(args, rows)
     print(f"`python benchmarks/ff.py {shlex.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
     print()
     print(table(rows, bp_peak))
+    print()
+    print(f"Machine: {machine_line()}. Timing: {noise}")
     if args.depths:
         print()
         print(f"Real step memory against depth (width {args.hidden}, batch {args.memory_batch}):")

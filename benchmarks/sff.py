@@ -28,6 +28,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -35,15 +36,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_mpc import RuleStrategy, SFFRule
+from lightning_mpc.bench import (
+    MIB,
+    TrainingSetup,
+    bench_trainer,
+    interleaved_rounds,
+    machine_line,
+    quiet_lightning,
+    step_peak,
+    time_call,
+)
 from lightning_mpc.core.hooks import BlockHooks
-from lightning_mpc.data import BundledMNIST
-from lightning_mpc.demo import quiet_lightning
 from lightning_mpc.lightning.mixin import resolve_blocks
 from lightning_mpc.recipes import MobileNetV3Classifier, ResNetClassifier
 from lightning_mpc.rules import RuleSetup, RuleStep
-from side_by_side import accuracy_trainer, bp_step, measure_steps, with_grads
 
-MIB = 2**20
+Step = Callable[[], None]
+
 
 
 def build(name: str, num_classes: int, lr: float) -> L.LightningModule:
@@ -58,15 +67,17 @@ def build(name: str, num_classes: int, lr: float) -> L.LightningModule:
 def accuracy_table(args: argparse.Namespace) -> str:
     """Train back-propagation and SFF for every model; one table row per evaluation."""
     lines = ["| model | method | eval accuracy (%) | training run (s) |", "|---|---|---:|---:|"]
+    setup = TrainingSetup(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit)
     for name in args.models:
         for method in ("BP", *(f"SFF, {loss} loss" for loss in args.losses)):
             L.seed_everything(args.seed, verbose=False)
-            data = BundledMNIST(batch_size=args.batch_size, limit=args.limit, shuffle_seed=args.seed)
+            data = setup.datamodule()
             model = build(name, 10, args.lr)
             loss = method.removeprefix("SFF, ").removesuffix(" loss")
-            rule = SFFRule(loss=loss, logits=args.logits)  # type: ignore[arg-type]
-            strategy = "auto" if method == "BP" else RuleStrategy(rule=rule, telemetry=False)
-            trainer = accuracy_trainer(strategy, args.epochs)
+            strategy: Any = "auto"
+            if method != "BP":
+                strategy = RuleStrategy(rule=SFFRule(loss=loss, logits=args.logits), telemetry=False)  # type: ignore[arg-type]
+            trainer = bench_trainer(setup, strategy, limit_val_batches=0)
             start = time.perf_counter()
             trainer.fit(model, datamodule=data)
             fit_s = time.perf_counter() - start
@@ -110,30 +121,45 @@ def _sff_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Callable[[], No
     return step
 
 
+def bp_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Step:
+    """One back-propagation step: the model's forward, cross-entropy, backward."""
+
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+
+    return step
+
+
 def cost_table(args: argparse.Namespace) -> str:
     """Step time and real memory of SFF against back-propagation, per model and number of classes."""
     lines = [
-        "| model | classes | BP step peak (MiB) | SFF step peak (MiB) | memory / BP | step time / BP |",
+        "| model | classes | BP step peak (MiB) | SFF step peak (MiB) | memory / BP | step time / BP (IQR) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    notes = []
     for name in args.models:
         for classes in args.classes:
             torch.manual_seed(args.seed)
             x = torch.randn(args.memory_batch, 1, 28, 28)
             y = torch.randint(0, classes, (args.memory_batch,))
-            steps: dict[str, Callable[[], None]] = {}
+            steps: dict[str, tuple[Step, list[torch.nn.Parameter]]] = {}
             for method, factory in (("BP", bp_step), ("SFF", _sff_step)):
                 torch.manual_seed(args.seed)
                 model = build(name, classes, args.lr)
                 model.train()
-                steps[method] = with_grads(factory(model, x, y), model)
-            peaks, ratios = measure_steps(steps, args.rounds)
+                steps[method] = (factory(model, x, y), list(model.parameters()))
+            peaks = {}
+            for method, (step, params) in steps.items():
+                step_peak(step, params, "cpu")  # warm-up
+                peaks[method] = min(step_peak(step, params, "cpu").peak_bytes for _ in range(2))
+            timings = interleaved_rounds({m: lambda s=step: time_call(s) for m, (step, _) in steps.items()}, args.rounds)
             lines.append(
                 f"| {name} | {classes} | {peaks['BP'] / MIB:.1f} | {peaks['SFF'] / MIB:.1f} | "
-                f"{peaks['SFF'] / peaks['BP']:.2f} | {ratios['SFF']:.2f} |"
+                f"{peaks['SFF'] / peaks['BP']:.2f} | {timings.ratio('SFF').format()} |"
             )
+            notes.append(f"- {name}, {classes} classes: {timings.noise_note()}")
             print(f"measured {name} with {classes} classes", file=sys.stderr)
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *notes])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"`python benchmarks/sff.py {shlex.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
+    print()
+    print(f"Machine: {machine_line()}.")
     if args.epochs > 0:
         with quiet_lightning(all_warnings=True):
             print()
