@@ -34,10 +34,12 @@ from lightning_mpc.lightning import (
 from lightning_mpc.lightning.registration import install as _install_strategies
 from lightning_mpc.rules import (
     CreditRule,
+    FFRule,
     MPCRule,
     PEPITARule,
     RuleSetup,
     RuleStep,
+    SFFRule,
     TPRule,
     available_rules,
     get_rule,
@@ -54,6 +56,7 @@ _register_pint_strategies()  # after the generic "pint" flag the rule registry i
 __all__ = [
     "BlockSpan",
     "CreditRule",
+    "FFRule",
     "MPCRule",
     "PEPITARule",
     "PinTRule",
@@ -63,6 +66,7 @@ __all__ = [
     "RuleSetup",
     "RuleStep",
     "RuleStrategy",
+    "SFFRule",
     "TPRule",
     "available_rules",
     "get_rule",

@@ -55,6 +55,8 @@ TINY = {
         "0",
     ],
     "deep_linear": ["--data.train_size", "32", "--data.eval_size", "16", "--data.batch_size", "8"],
+    **{recipe: ["--data.limit", "16", "--data.batch_size", "8"] for recipe in ("ff_mnist", "sff_resnet18_mnist")},
+    "sff_mobilenet_v3_mnist": ["--data.limit", "16", "--data.batch_size", "8"],
     "pepita_mnist": ["--data.limit", "16", "--data.batch_size", "8"],
     "pepita_cifar10": [
         "--data.fake",
@@ -131,6 +133,7 @@ def _assert_trained(cli: MPCLightningCLI, strategy_type: type | None) -> None:
 
 def test_every_recipe_has_tiny_overrides() -> None:
     expected = {"mnist_mlp", "cifar10_resnet18", "deep_linear", "pint_mnist_resmlp", "tp_temporal_order", "tp_adding"}
+    expected |= {"ff_mnist", "sff_resnet18_mnist", "sff_mobilenet_v3_mnist"}
     assert {r.stem for r in RECIPES} >= expected
     missing = [r.name for r in RECIPES if r.stem not in TINY]
     assert not missing, f"add tiny-data flags for {missing} to TINY in tests/test_recipes.py"
@@ -156,7 +159,7 @@ def test_recipe_smoke_run(recipe: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "recipe", [r for r in RECIPES if r.stem in ("mnist_mlp", "pepita_mnist")], ids=lambda r: r.stem
+    "recipe", [r for r in RECIPES if r.stem in ("mnist_mlp", "pepita_mnist", "ff_mnist", "sff_resnet18_mnist")], ids=lambda r: r.stem
 )
 def test_recipe_with_back_propagation(recipe: Path, tmp_path: Path) -> None:
     cli = _fit(recipe, tmp_path, "--trainer.strategy", "auto")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.optim import Optimizer
@@ -60,6 +61,13 @@ class RuleStrategyMixin:
         if trainer is not None:
             attach_telemetry(trainer, self.telemetry)
         super().setup_environment()  # type: ignore[misc]
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        super().setup(trainer)  # type: ignore[misc]
+        if trainer.state.fn != TrainerFn.FITTING:
+            # validate/test/predict: the rule's prediction (fit sets the rule up in setup_optimizers)
+            module = self.lightning_module  # type: ignore[attr-defined]
+            self.controller.prepare_evaluation(trainer, module, self.root_device, *self._world())  # type: ignore[attr-defined]
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module  # type: ignore[attr-defined]

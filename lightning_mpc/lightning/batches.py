@@ -8,15 +8,23 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from lightning_mpc.core.hooks import first_block_input
 from lightning_mpc.core.memory import preserved_buffers
 from lightning_mpc.core.partition import run_blocks
-from lightning_mpc.lightning.compat import training_dataloader_source
+from lightning_mpc.lightning.compat import stage_dataloader_source, training_dataloader_source
 from lightning_mpc.lightning.mixin import batch_input
 
-__all__ = ["EXAMPLE_SAMPLES", "call_forward", "example_block_input", "example_input", "training_dataloader"]
+__all__ = [
+    "EXAMPLE_SAMPLES",
+    "call_forward",
+    "evaluation_dataloader",
+    "example_block_input",
+    "example_input",
+    "training_dataloader",
+]
 
 EXAMPLE_SAMPLES = 2
 """Samples of the first batch used for dry runs (shapes, per-sample memory)."""
@@ -42,14 +50,34 @@ def training_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose
     return dataloader
 
 
+def evaluation_dataloader(trainer: pl.Trainer, module: pl.LightningModule, purpose: str) -> Iterable[Any]:
+    """The dataloader of the running ``validate``, ``test`` or ``predict`` (the first one when there are several).
+
+    Raises:
+        RuntimeError: if there is none.
+    """
+    dataloader = stage_dataloader_source(trainer)
+    if isinstance(dataloader, (list, tuple)):
+        dataloader = dataloader[0] if dataloader else None
+    if dataloader is None:
+        raise RuntimeError(
+            f"The rule needs a batch to {purpose}, but {type(module).__name__} has no dataloader for "
+            f"{trainer.state.fn}. HINT: pass dataloaders (or a datamodule), or set example_input_array."
+        )
+    return dataloader
+
+
 def example_input(
     trainer: pl.Trainer, module: pl.LightningModule, purpose: str, samples: int | None = EXAMPLE_SAMPLES
 ) -> Any:
-    """``module.example_input_array``, or the input of the first training batch cut to ``samples`` (``None``: all)."""
+    """``module.example_input_array``, or the input of the first batch cut to ``samples`` (``None``: all): the
+    training batches when fitting, the running stage's otherwise."""
     example = module.example_input_array
     if example is not None:
         return example
-    batch = next(iter(training_dataloader(trainer, module, purpose)))
+    fitting = trainer.state.fn in (None, TrainerFn.FITTING)
+    loader = (training_dataloader if fitting else evaluation_dataloader)(trainer, module, purpose)
+    batch = next(iter(loader))
     x = batch_input(batch)
     return x[:samples] if isinstance(x, Tensor) and samples is not None else x
 

@@ -2,8 +2,8 @@
 
 Lightning keeps some facts a strategy or a callback needs only in private attributes: how many optimizer
 steps have run, whether the current micro-batch accumulates, whether this step writes logs, the training
-dataloader before the loop starts, When Lightning moves one
-of them, this module is the only one to change.
+dataloader before the loop starts, the dataloader of a running ``validate``/``test``/``predict``. When
+Lightning moves one of them, this module is the only one to change.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.strategies import _StrategyRegistry as StrategyRegistryType
 from lightning.pytorch.overrides.distributed import _sync_module_states as sync_module_states
+from lightning.pytorch.trainer.states import TrainerFn
 
 __all__ = [
     "StrategyRegistryType",
     "is_accumulating",
     "optimizer_steps",
     "sync_module_states",
+    "stage_dataloader_source",
     "training_dataloader_source",
     "writes_logs",
 ]
@@ -39,7 +41,22 @@ def writes_logs(trainer: pl.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
 
 
+def _loop_dataloader(loop: Any) -> Any:
+    source = getattr(loop, "_data_source", None)
+    return source.dataloader() if source is not None and source.is_defined() else None
+
+
 def training_dataloader_source(trainer: pl.Trainer) -> Any:
     """The training dataloader ``fit`` was given (through arguments, a datamodule or the module), or ``None``."""
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    return source.dataloader() if source is not None and source.is_defined() else None
+    return _loop_dataloader(trainer.fit_loop)
+
+
+def stage_dataloader_source(trainer: pl.Trainer) -> Any:
+    """The dataloader(s) of the running ``validate``, ``test`` or ``predict`` call, or ``None``."""
+    loops = {
+        TrainerFn.VALIDATING: trainer.validate_loop,
+        TrainerFn.TESTING: trainer.test_loop,
+        TrainerFn.PREDICTING: trainer.predict_loop,
+    }
+    loop = loops.get(trainer.state.fn)  # type: ignore[call-overload]
+    return None if loop is None else _loop_dataloader(loop)

@@ -123,6 +123,11 @@ def restore_rule_modules(module: nn.Module, checkpoint: dict[str, Any], rule: Cr
     rule.restore_modules(module, state, checkpoint)
 
 
+def _has_own_prediction(rule: CreditRule) -> bool:
+    """Whether ``rule`` replaces the plain model in validation, test and predict (overrides ``inference_listener``)."""
+    return type(rule).inference_listener is not CreditRule.inference_listener
+
+
 class RuleController:
     """Everything a rule's strategy does beyond its Lightning parent strategy.
 
@@ -164,6 +169,41 @@ class RuleController:
                 "support: the rule writes gradients during training_step. HINT: set self.automatic_optimization = True."
             )
         self.teardown(module)
+        self._set_up_rule(trainer, module, device, world_size, rank)
+        self._zero_grad = module.optimizer_zero_grad
+        module.optimizer_zero_grad = None  # type: ignore[assignment,method-assign]
+        if self.blocks:
+            self._warn_outside_parameters(module, self.blocks)
+
+    def prepare_evaluation(
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        device: torch.device,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> bool:
+        """Make the rule's prediction available to ``validate``, ``test`` and ``predict`` run outside ``fit``.
+
+        After a ``fit`` with this strategy (whose teardown removed the hooks) the blocks are hooked again and the
+        rule keeps what that fit set up. Without one, a rule with a prediction of its own (an
+        ``inference_listener``) is set up as ``fit`` would do it (blocks, dry run on a batch of the running
+        stage, auxiliary modules registered, so that a checkpoint loads into them), leaving ``zero_grad`` and
+        optimizers alone. Rules that predict with the plain model need nothing.
+
+        Returns:
+            Whether the blocks are hooked.
+        """
+        if self.hooks is None and self.blocks:
+            self.hooks = BlockHooks(self.blocks)
+        elif self.hooks is None and self.rule.uses_blocks and _has_own_prediction(self.rule):
+            self._set_up_rule(trainer, module, device, world_size, rank)
+        return self.hooks is not None
+
+    def _set_up_rule(
+        self, trainer: pl.Trainer, module: pl.LightningModule, device: torch.device, world_size: int, rank: int
+    ) -> None:
+        """Resolve blocks, install the hooks, dry-run the forward, set the rule up and register its modules."""
         blocks: list[nn.Module] = []
         hooks: BlockHooks | None = None
         inspection: BlockInspection | None = None
@@ -205,10 +245,6 @@ class RuleController:
         self.inspection = inspection
         self.hooks = hooks
         self._module = module
-        self._zero_grad = module.optimizer_zero_grad
-        module.optimizer_zero_grad = None  # type: ignore[assignment,method-assign]
-        if blocks:
-            self._warn_outside_parameters(module, blocks)
 
     def _warn_outside_parameters(self, module: nn.Module, blocks: Sequence[nn.Module]) -> None:
         inside = {id(p) for p in iter_parameters([*blocks, *self.rule.auxiliary_modules().values()])}

@@ -7,6 +7,9 @@
 * :class:`RecurrentTask` + :class:`SequenceData`: ``recipes/tp_temporal_order.yaml``, ``recipes/tp_adding.yaml``
   (target propagation, ``strategy="tp"``, or back-propagation through time).
 * :class:`DropoutMLP` + :class:`ClassificationData`: ``recipes/pepita_mnist.yaml`` and ``recipes/pepita_cifar10.yaml``.
+* :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/ff_mnist.yaml`` (Forward-Forward).
+* :class:`ResNetClassifier`, :class:`MobileNetV3Classifier` + :class:`MNISTData`: ``recipes/sff_resnet18_mnist.yaml``,
+  ``recipes/sff_mobilenet_v3_mnist.yaml`` (Scalable Forward-Forward).
 """
 
 from lightning_mpc.data.sequences import SequenceData
@@ -21,10 +24,13 @@ from lightning_mpc.recipes.models import (
     DeepLinear,
     DropoutMLP,
     MLPClassifier,
+    MobileNetV3Classifier,
     RecurrentTask,
     ResidualMLPClassifier,
     ResNetClassifier,
     cifar_resnet,
+    mobilenet_v3,
+    mobilenet_v3_blocks,
 )
 
 __all__ = [
@@ -36,9 +42,12 @@ __all__ = [
     "LinearTeacherData",
     "MLPClassifier",
     "MNISTData",
+    "MobileNetV3Classifier",
     "RecurrentTask",
     "ResNetClassifier",
     "ResidualMLPClassifier",
     "SequenceData",
     "cifar_resnet",
+    "mobilenet_v3",
+    "mobilenet_v3_blocks",
 ]

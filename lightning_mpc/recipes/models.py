@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -20,8 +20,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.models import MobileNetV3
 
 from lightning_mpc.core.heads import default_local_loss
+from lightning_mpc.core.partition import BlockSpan
 from lightning_mpc.lightning.mixin import MPCMixin
 from lightning_mpc.rules.pint.modules import residual_mlp
 from lightning_mpc.rules.tp.functional import Nonlinearity
@@ -31,11 +33,16 @@ __all__ = [
     "DeepLinear",
     "DropoutMLP",
     "MLPClassifier",
+    "MobileNetV3Classifier",
     "RecurrentTask",
     "ResNetClassifier",
     "ResidualMLPClassifier",
     "cifar_resnet",
+    "mobilenet_v3",
+    "mobilenet_v3_blocks",
 ]
+
+Stem = Literal["cifar", "imagenet"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -77,6 +84,38 @@ class _Classifier(MPCMixin, L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).argmax(dim=-1)
 
+    def _add_accuracy(self, num_classes: int) -> None:
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+class _SGDClassifier(_Classifier):
+    """A classifier around a given network, trained with Nesterov SGD and an optional per-step cosine schedule."""
+
+    def __init__(
+        self, net: nn.Module, num_classes: int, lr: float, momentum: float, weight_decay: float, cosine: bool
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.cosine = cosine
+        self._add_accuracy(num_classes)
+
+    def configure_optimizers(self) -> Any:
+        """SGD over every parameter (rule modules included), with a per-step cosine schedule when ``cosine``."""
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+        )
+        if not self.cosine:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        if not math.isfinite(total):
+            total = 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
 
 class _FlatAdamClassifier(_Classifier):
     """Inputs of any shape ``(batch, ...)`` flattened for ``self.net``; Adam over every parameter."""
@@ -88,8 +127,7 @@ class _FlatAdamClassifier(_Classifier):
         """Adam's settings and the accuracy metrics."""
         self.lr = lr
         self.weight_decay = weight_decay
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._add_accuracy(num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of inputs of any shape ``(batch, ...)``."""
@@ -248,8 +286,7 @@ class DropoutMLP(_Classifier):
         self.net: nn.Sequential | None = None  # type: ignore[assignment]
         if in_features is not None:
             self.net = self._build(in_features)
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._add_accuracy(num_classes)
 
     def _build(self, in_features: int) -> nn.Sequential:
         widths = [in_features, *self.hidden]
@@ -298,7 +335,9 @@ class DropoutMLP(_Classifier):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-def cifar_resnet(arch: str = "resnet18", num_classes: int = 10) -> torchvision.models.ResNet:
+def cifar_resnet(
+    arch: str = "resnet18", num_classes: int = 10, in_channels: int = 3, stem: Stem = "cifar"
+) -> torchvision.models.ResNet:
     """A torchvision ResNet with the CIFAR stem: a 3x3, stride-1 ``conv1`` and no max-pool.
 
     On 32x32 images the ImageNet stem (7x7 stride-2 convolution, then a stride-2 max-pool) leaves 8x8
@@ -309,9 +348,13 @@ def cifar_resnet(arch: str = "resnet18", num_classes: int = 10) -> torchvision.m
     Args:
         arch: a torchvision ResNet builder name (``resnet18``, ``resnet34``, ``resnet50``, ...).
         num_classes: outputs of the final ``fc``.
+        in_channels: input channels (1 for MNIST digits).
+        stem: ``"cifar"`` (above) or ``"imagenet"`` (torchvision's own stem, with ``conv1`` rebuilt for
+            ``in_channels`` when it is not 3; 16 times cheaper on small images, 28x28 digits reach the last
+            stage at 1x1).
 
     Raises:
-        ValueError: if ``arch`` is not a torchvision ResNet builder.
+        ValueError: if ``arch`` is not a torchvision ResNet builder, or for an unknown stem.
     """
     builder = getattr(torchvision.models, arch, None) if arch.startswith(("resnet", "wide_resnet", "resnext")) else None
     if builder is None or not callable(builder):
@@ -319,13 +362,18 @@ def cifar_resnet(arch: str = "resnet18", num_classes: int = 10) -> torchvision.m
             f"Unknown ResNet architecture {arch!r}. HINT: use a torchvision ResNet builder such as resnet18, "
             "resnet34, resnet50 or wide_resnet50_2."
         )
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"Unknown ResNet stem {stem!r}. HINT: use stem='cifar' or stem='imagenet'.")
     model = builder(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 
 
-class ResNetClassifier(_Classifier):
+class ResNetClassifier(_SGDClassifier):
     """A torchvision ResNet (CIFAR stem, see :func:`cifar_resnet`) trained with SGD and a cosine schedule.
 
     :func:`lightning_mpc.partition` cuts it into the stem, every residual block and the pooled
@@ -338,6 +386,8 @@ class ResNetClassifier(_Classifier):
         momentum: SGD (Nesterov) momentum.
         weight_decay: SGD weight decay.
         cosine: anneal the learning rate to 0 over the run with a per-step cosine schedule.
+        in_channels: input channels (1 for MNIST digits).
+        stem: ``"cifar"`` or ``"imagenet"`` (see :func:`cifar_resnet`).
     """
 
     def __init__(
@@ -348,29 +398,87 @@ class ResNetClassifier(_Classifier):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         cosine: bool = True,
+        in_channels: int = 3,
+        stem: Stem = "cifar",
     ) -> None:
-        super().__init__()
+        super().__init__(cifar_resnet(arch, num_classes, in_channels, stem), num_classes, lr, momentum, weight_decay, cosine)
         self.save_hyperparameters()
-        self.net = cifar_resnet(arch, num_classes)
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.cosine = cosine
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
-    def configure_optimizers(self) -> Any:
-        """SGD over every parameter (heads included), with a per-step cosine schedule when ``cosine``."""
-        optimizer = torch.optim.SGD(
-            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+
+def mobilenet_v3(
+    arch: str = "mobilenet_v3_small", num_classes: int = 10, in_channels: int = 3, bn_momentum: float | None = 0.1
+) -> MobileNetV3:
+    """A torchvision MobileNetV3 (random weights) with its first convolution rebuilt for ``in_channels``.
+
+    Args:
+        arch: ``"mobilenet_v3_small"`` or ``"mobilenet_v3_large"``.
+        num_classes: outputs of the classifier.
+        in_channels: input channels (1 for MNIST digits).
+        bn_momentum: momentum of every BatchNorm's running statistics; ``None`` keeps torchvision's 0.01, whose
+            evaluation statistics lag far behind in short runs (bundled digits, SGD 0.05, 250 steps: 9.2 %
+            evaluation accuracy with the running statistics against 93.8 % with batch statistics; 92.5 % with
+            momentum 0.1).
+
+    Raises:
+        ValueError: for an unknown ``arch``.
+    """
+    if arch not in ("mobilenet_v3_small", "mobilenet_v3_large"):
+        raise ValueError(f"Unknown MobileNetV3 {arch!r}. HINT: use mobilenet_v3_small or mobilenet_v3_large.")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = bn_momentum
+    if in_channels != 3:
+        first = model.features[0][0]
+        model.features[0][0] = nn.Conv2d(
+            in_channels, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False
         )
-        if not self.cosine:
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        if not math.isfinite(total):
-            total = 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return model
+
+
+def mobilenet_v3_blocks(model: MobileNetV3) -> list[nn.Module]:
+    """MobileNetV3 cut into blocks whose composition is the model: every child of ``features``, then the
+    pooled classifier (``avgpool``, flatten, ``classifier``; hooked at ``avgpool`` and ``classifier``, which
+    ``MobileNetV3.forward`` calls around its ``torch.flatten``)."""
+    return [*model.features.children(), BlockSpan(model.avgpool, nn.Flatten(1), model.classifier, entry=0, exit=2)]
+
+
+class MobileNetV3Classifier(_SGDClassifier):
+    """A torchvision MobileNetV3 (see :func:`mobilenet_v3`) trained with SGD and a cosine schedule.
+
+    ``configure_blocks()`` returns :func:`mobilenet_v3_blocks`: every child of ``features`` and the pooled
+    classifier (14 blocks for the small model, 18 for the large one).
+
+    Args:
+        arch: ``"mobilenet_v3_small"`` or ``"mobilenet_v3_large"``.
+        num_classes: number of classes.
+        in_channels: input channels (1 for MNIST digits).
+        lr: peak SGD learning rate.
+        momentum: SGD (Nesterov) momentum.
+        weight_decay: SGD weight decay.
+        cosine: anneal the learning rate to 0 over the run with a per-step cosine schedule.
+        bn_momentum: BatchNorm momentum (see :func:`mobilenet_v3`; ``None`` keeps torchvision's 0.01).
+    """
+
+    def __init__(
+        self,
+        arch: str = "mobilenet_v3_small",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        cosine: bool = True,
+        bn_momentum: float | None = 0.1,
+    ) -> None:
+        net = mobilenet_v3(arch, num_classes, in_channels, bn_momentum)
+        super().__init__(net, num_classes, lr, momentum, weight_decay, cosine)
+        self.save_hyperparameters()
+
+    def configure_blocks(self) -> list[nn.Module]:
+        """Every child of ``features``, then the pooled classifier (see :func:`mobilenet_v3_blocks`)."""
+        return mobilenet_v3_blocks(self.net)
 
 
 class DeepLinear(MPCMixin, L.LightningModule):
