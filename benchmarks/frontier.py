@@ -120,10 +120,16 @@ class RuleRow:
 RULE_METHODS: dict[str, RuleRow] = {
     "pint": RuleRow(lambda make: rule_method("pint", "PinT (2 slabs, 1 sweep)", make), models=("residual-mlp",)),
     "pepita": RuleRow(lambda make: rule_method("pepita", "PEPITA", make), models=("mlp",)),
+    "ff": RuleRow(
+        lambda make: rule_method(
+            "ff", "Forward-Forward", make, goodness="mean", sharpness=10.0, label_value=10.0, negatives="hardest"
+        ),
+        models=("mlp",),
+    ),
 }
 """The frontier rows of the registered rules, by name. Adding a rule to the frontier is one entry, e.g.::
 
-    RULE_METHODS["ff"] = RuleRow(lambda make: rule_method("ff", "FF", make, threshold=2.0), models=("mlp",))
+    RULE_METHODS["pepita"] = RuleRow(lambda make: rule_method("pepita", "PEPITA", make), models=("mlp",))
 
 Registered rules listed here that suit the model are trained by default; ``--rules`` names any registered rule
 (one without an entry is built by ``rule_method(name)`` on the model in use).
@@ -169,6 +175,8 @@ def default_rules(model: str = "mlp") -> list[str]:
 
 
 ELSEWHERE: dict[str, str] = {
+    "sff": "trains convolutional networks block by block: see [Scalable Forward-Forward](rules/sff.md) and "
+    "`benchmarks/sff.py`",
     "tp": "trains recurrent networks over the time steps of a sequence: see [TP against BPTT](rules/tp_vs_bptt.md)",
 }
 """Registered rules the frontier does not train, with where they are compared instead (named on the page)."""

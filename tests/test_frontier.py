@@ -91,6 +91,8 @@ def test_frontier_smoke_run(frontier: ModuleType, tmp_path: Path) -> None:
         "BP + checkpoint every 3 blocks",
         "MPC sliding",
         "MPC block",
+        "PEPITA",
+        "Forward-Forward",
     ]
     assert "h = T/2 = 4 was not run" in page and "Smoke run" in page
     assert "python benchmarks/frontier.py --epochs 1" in page and "torch thread" in page

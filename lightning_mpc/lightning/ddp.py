@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
@@ -95,6 +96,7 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
         self.overlap_communication = overlap_communication
         self.broadcast_buffers = broadcast_buffers
         self._averager = GradientAverager(asynchronous=overlap_communication)
+        self._trained_to_the_end = False
         self._reduce_this_step = False
 
     @property
@@ -139,7 +141,17 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
     def teardown(self) -> None:
         self._averager.cancel()
         self._averager.detach()
+        if self._trained_to_the_end and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # After a normal end of fit only (after an exception a barrier could wait forever): no process leaves,
+            # and destroys its process group at exit, while another is still in a collective.
+            self.barrier("lightning_mpc.teardown")
+        self._trained_to_the_end = False
         super().teardown()
+
+    @override
+    def on_train_end(self) -> None:
+        self._trained_to_the_end = True
+        super().on_train_end()
 
     @classmethod
     @override
