@@ -1,14 +1,16 @@
 """The accuracy-memory-time frontier: back-propagation, activation checkpointing, MPC and other rules, side by side.
 
 Trains the ``mnist_mlp`` recipe's model (:class:`lightning_mpc.recipes.MLPClassifier`, 8 blocks, width 256;
-``--model residual-mlp``: the ``pint_mnist_resmlp`` recipe's :class:`~lightning_mpc.recipes.ResidualMLPClassifier`)
+``--model residual-mlp``: the ``pint_mnist_resmlp`` recipe's :class:`~lightning_mpc.recipes.ResidualMLPClassifier`;
+``--model cifar-resnet``: :class:`~lightning_mpc.recipes.CIFARResNetClassifier`, a convolutional ``nn.Sequential``)
 on the bundled MNIST digits, in one process, with the same seed, epochs and batches for every method:
 
 * back-propagation (Lightning's default strategy);
 * back-propagation with activation checkpointing on every block, and on segments of about sqrt(T) blocks
   (:func:`lightning_mpc.bench.with_checkpointing`, ``torch.utils.checkpoint`` non-reentrant);
 * MPC (:class:`lightning_mpc.MPCStrategy`) in ``sliding`` and ``block`` mode for ``h`` in {1, 2, 4, T/2};
-* the other registered credit-assignment rules that suit the model (:data:`RULE_METHODS`; ``--rules`` names
+* the other registered credit-assignment rules that suit the model (PEPITA and Forward-Forward on the MLP, Scalable
+  Forward-Forward on ``--model cifar-resnet``, PinT on ``--model residual-mlp``: :data:`RULE_METHODS`; ``--rules`` names
   them explicitly; a rule without an entry is built by :func:`lightning_mpc.bench.rule_method`).
 
 Every row is a :class:`lightning_mpc.bench.Method`: a label, how to build the model and the Trainer's
@@ -26,6 +28,7 @@ Usage::
     python benchmarks/frontier.py                    # a few minutes on 2 CPU cores; rewrites docs/frontier.md
     python benchmarks/frontier.py --epochs 1 --limit 512 --out /tmp/frontier   # a quick look
     python benchmarks/frontier.py --model residual-mlp --blocks 10 --page frontier_residual.md   # with pint
+    python benchmarks/frontier.py --model cifar-resnet --page frontier_conv.md                   # with sff
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from lightning_mpc.bench import (
 )
 from lightning_mpc.bench.arguments import horizon_list, mode_list, name_list, positive_int
 from lightning_mpc.data import EVAL_SIZE, TRAIN_SIZE
-from lightning_mpc.recipes import MLPClassifier, ResidualMLPClassifier
+from lightning_mpc.recipes import CIFARResNetClassifier, MLPClassifier, ResidualMLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +94,14 @@ MODELS: dict[str, Model] = {
         lambda t: (
             f"`MLPClassifier(num_blocks={t})` of the `mnist_mlp` recipe (`Linear + ReLU` blocks 256 wide; "
             "Adam, lr 1e-3)"
+        ),
+    ),
+    "cifar-resnet": Model(
+        lambda t: CIFARResNetClassifier(depth=2 * t - 2, in_channels=1),
+        lambda t: (
+            f"`CIFARResNetClassifier(depth={2 * t - 2}, in_channels=1)`: He et al.'s CIFAR ResNet-{2 * t - 2} as an "
+            f"`nn.Sequential` of {t} blocks (a 3x3 stem, {t - 2} residual blocks of 16, 32 and 64 channels, the "
+            "pooled classifier; Nesterov SGD, lr 0.05, cosine schedule)"
         ),
     ),
     "residual-mlp": Model(
@@ -126,6 +137,7 @@ RULE_METHODS: dict[str, RuleRow] = {
         ),
         models=("mlp",),
     ),
+    "sff": RuleRow(lambda make: rule_method("sff", "Scalable FF", make), models=("cifar-resnet",)),
 }
 """The frontier rows of the registered rules, by name. Adding a rule to the frontier is one entry, e.g.::
 
@@ -175,8 +187,6 @@ def default_rules(model: str = "mlp") -> list[str]:
 
 
 ELSEWHERE: dict[str, str] = {
-    "sff": "trains convolutional networks block by block: see [Scalable Forward-Forward](rules/sff.md) and "
-    "`benchmarks/sff.py`",
     "tp": "trains recurrent networks over the time steps of a sequence: see [TP against BPTT](rules/tp_vs_bptt.md)",
 }
 """Registered rules the frontier does not train, with where they are compared instead (named on the page)."""
@@ -334,14 +344,20 @@ def write_page(
             "optimizer's update. Gradients are allocated beforehand and zeroed in place (`zero_grad(set_to_none="
             "False)`), so no row pays for allocating `.grad`."
         ),
-        (
-            "- Computing a weight gradient allocates a temporary the size of the weight before it is added into "
-            "`.grad`. Back-propagation computes the first block's gradient (the largest: 784 inputs) last, when the "
-            "activations are already freed; MPC computes it while its window is still alive. At this batch size "
-            f"({args.batch_size}) a block's activation (batch x width floats) is no larger than its weight (width x "
-            "width floats), so these temporaries are a large share of every row and limit what MPC can save here. "
-            "The saving grows with the activations' share of the step (larger batches, wider or deeper networks): "
-            "see [Memory and time](benchmarks.md) for the 1024-wide MLP and the CIFAR ResNets."
+        *(
+            [
+                (
+                    "- Computing a weight gradient allocates a temporary the size of the weight before it is added into "
+                    "`.grad`. Back-propagation computes the first block's gradient (the largest: 784 inputs) last, when "
+                    "the activations are already freed; MPC computes it while its window is still alive. At this batch "
+                    f"size ({args.batch_size}) a block's activation (batch x width floats) is no larger than its weight "
+                    "(width x width floats), so these temporaries are a large share of every row and limit what MPC can "
+                    "save here. The saving grows with the activations' share of the step (larger batches, wider or deeper "
+                    "networks): see [Memory and time](benchmarks.md) for the 1024-wide MLP and the CIFAR ResNets."
+                )
+            ]
+            if args.model == "mlp"
+            else []
         ),
         (
             "- **Step time**: a separate timing phase in which the methods take turns on fresh models "
@@ -427,6 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.blocks < (3 if args.model == "residual-mlp" else 2):
         parser.error("--blocks must be at least 2 (3 for the residual MLP: a stem, a step and a classifier)")
+    if args.model == "cifar-resnet" and (args.blocks < 5 or (args.blocks - 2) % 3):
+        parser.error(
+            "--blocks for the CIFAR ResNet is 3n + 2 (a stem, 3n residual blocks, the classifier): 5, 8, 11, ..."
+        )
     if args.horizons is None:
         args.horizons = sorted({1, 2, 4, args.blocks // 2} - {0})
     rules = default_rules(args.model) if args.rules is None else args.rules

@@ -63,6 +63,20 @@ def test_pint_trains_on_the_residual_model(frontier: ModuleType) -> None:
     assert not any(r.startswith("pint") for r in frontier.rules_elsewhere("residual-mlp"))
 
 
+def test_scalable_ff_trains_on_the_convolutional_model(frontier: ModuleType) -> None:
+    rows = frontier.methods(8, [1], ["sliding"], frontier.default_rules("cifar-resnet"), "cifar-resnet")
+    assert [m.key for m in rows][-1] == "Scalable FF" and rows[-1].family == "sff"
+    model = rows[0].make_model(8)
+    assert type(model).__name__ == "CIFARResNetClassifier" and len(model.net) == 8
+    assert "sff (`--model cifar-resnet`)" in frontier.rules_elsewhere("mlp")
+    assert frontier.default_rules("mlp") == ["pepita", "ff"]
+
+
+def test_the_convolutional_model_takes_3n_plus_2_blocks(frontier: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        frontier.main(["--model", "cifar-resnet", "--blocks", "7"])
+
+
 def test_frontier_smoke_run(frontier: ModuleType, tmp_path: Path) -> None:
     code = frontier.main(
         [

@@ -10,6 +10,8 @@
 * :class:`MLPClassifier` + :class:`MNISTData`: ``recipes/ff_mnist.yaml`` (Forward-Forward).
 * :class:`ResNetClassifier`, :class:`MobileNetV3Classifier` + :class:`MNISTData`: ``recipes/sff_resnet18_mnist.yaml``,
   ``recipes/sff_mobilenet_v3_mnist.yaml`` (Scalable Forward-Forward).
+* :class:`CIFARResNetClassifier`: He et al.'s CIFAR ResNet as an ``nn.Sequential`` of blocks
+  (``benchmarks/frontier.py --model cifar-resnet``).
 """
 
 from lightning_mpc.data.sequences import SequenceData
@@ -21,6 +23,7 @@ from lightning_mpc.recipes.data import (
     MNISTData,
 )
 from lightning_mpc.recipes.models import (
+    CIFARResNetClassifier,
     DeepLinear,
     DropoutMLP,
     MLPClassifier,
@@ -35,6 +38,7 @@ from lightning_mpc.recipes.models import (
 
 __all__ = [
     "CIFAR10Data",
+    "CIFARResNetClassifier",
     "ClassificationData",
     "DatasetUnavailableError",
     "DeepLinear",

@@ -25,6 +25,7 @@ from torchvision.models import MobileNetV3
 from lightning_mpc.core.heads import default_local_loss
 from lightning_mpc.core.partition import BlockSpan
 from lightning_mpc.lightning.mixin import MPCMixin
+from lightning_mpc.recipes.networks import cifar_resnet_depth
 from lightning_mpc.rules.pint.modules import residual_mlp
 from lightning_mpc.rules.tp.functional import Nonlinearity
 from lightning_mpc.rules.tp.modules import Init, RNNSequenceModel
@@ -401,7 +402,43 @@ class ResNetClassifier(_SGDClassifier):
         in_channels: int = 3,
         stem: Stem = "cifar",
     ) -> None:
-        super().__init__(cifar_resnet(arch, num_classes, in_channels, stem), num_classes, lr, momentum, weight_decay, cosine)
+        super().__init__(
+            cifar_resnet(arch, num_classes, in_channels, stem), num_classes, lr, momentum, weight_decay, cosine
+        )
+        self.save_hyperparameters()
+
+
+class CIFARResNetClassifier(_SGDClassifier):
+    """He et al.'s CIFAR ResNet as an ``nn.Sequential`` of blocks (:func:`~lightning_mpc.recipes.networks.cifar_resnet_depth`),
+    trained with SGD and a cosine schedule.
+
+    The blocks are the children of ``self.net``: the stem, ``3n`` residual blocks and the pooled classifier
+    (``depth = 6n + 2`` layers, ``3n + 2`` blocks), so activation checkpointing can wrap them too.
+
+    Args:
+        depth: ``6n + 2`` layers (14: 8 blocks, 20: 11 blocks, 110: 56 blocks).
+        num_classes: number of classes.
+        width: channels of the first stage.
+        in_channels: input channels (1 for MNIST digits).
+        lr: peak SGD learning rate.
+        momentum: SGD (Nesterov) momentum.
+        weight_decay: SGD weight decay.
+        cosine: anneal the learning rate to 0 over the run with a per-step cosine schedule.
+    """
+
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        width: int = 16,
+        in_channels: int = 3,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        cosine: bool = True,
+    ) -> None:
+        net = cifar_resnet_depth(depth, num_classes, width, in_channels)
+        super().__init__(net, num_classes, lr, momentum, weight_decay, cosine)
         self.save_hyperparameters()
 
 
