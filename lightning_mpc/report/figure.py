@@ -62,11 +62,22 @@ def _memory_panel(ax: Any, rows: Sequence[Row], prefix: str, indices: list[int],
         ax.legend(fontsize=8, frameon=True, framealpha=0.9, loc="center right")
 
 
+def alignment_limits(values: Sequence[float]) -> tuple[float, float]:
+    """The alignment panel's y-range: ``-0.2 .. 1.05``, extended down to the lowest cosine drawn (at most -1.05).
+
+    A fixed range cut off early steps whose local gradients point away from back-propagation's.
+    """
+    lowest = min(values, default=0.0)
+    return max(-1.05, min(-0.2, lowest - 0.05)), 1.05
+
+
 def _alignment_panel(
     ax: Any, rows: Sequence[Row], prefix: str, indices: list[int], colors: Any, labels: list[str]
 ) -> None:
+    drawn: list[float] = []
     for color, block, label in zip(colors, indices, labels):
         xs, ys = series(rows, block_key(prefix, block, "alignment"))
+        drawn += ys
         if xs:
             exact = all(abs(y - 1.0) < 1e-6 for y in ys)  # learns from the final loss, like back-propagation
             ax.plot(
@@ -80,11 +91,12 @@ def _alignment_panel(
                 label=f"{label}: exactly 1" if exact else label,
             )
     xs, ys = series(rows, f"{prefix}/alignment")
+    drawn += ys
     if xs:
         ax.plot(xs, ys, color="black", lw=2.0, ls="--", label=f"{prefix}/alignment (whole network)")
     ax.set_title(f"{prefix}/block_*/alignment: cosine with the true gradient", loc="left", fontsize=10)
     ax.set_xlabel("trainer/global_step")
-    ax.set_ylim(-0.2, 1.05)
+    ax.set_ylim(*alignment_limits(drawn))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, ncol=2, frameon=False, loc="lower right")
     else:

@@ -10,6 +10,7 @@ import pytest
 
 from lightning_mpc.cli import main
 from lightning_mpc.report import draw_dashboard, load_run, write_report
+from lightning_mpc.report.figure import alignment_limits
 from lightning_mpc.report.page import format_cell
 from tests.report.conftest import LoggedRun
 
@@ -89,6 +90,14 @@ def test_the_figure_draws_another_rules_series_and_notes_what_is_missing(tmp_pat
     report = write_report(_csv_of(rows, tmp_path / "run"), tmp_path / "out")
     assert set(report.figures) == {"ff"}
     assert "goodness (mean)" in report.tables["ff"]
+
+
+def test_the_alignment_panel_shows_negative_cosines() -> None:
+    # the demo's blocks 00 and 01 reached -0.31 at step 40, below the fixed -0.2 floor the panel had
+    assert alignment_limits([0.56, -0.31, 0.97]) == pytest.approx((-0.36, 1.05))
+    assert alignment_limits([0.3, 1.0]) == (-0.2, 1.05)
+    assert alignment_limits([-1.0]) == (-1.05, 1.05)
+    assert alignment_limits([]) == (-0.2, 1.05)
 
 
 def _csv_of(rows: list[dict[str, float]], folder: Path) -> Path:
