@@ -41,6 +41,18 @@ class SeededGenerator:
         """A copy of the generator's state (for checkpoints)."""
         return self._generator.get_state().clone()
 
+    def __getstate__(self) -> dict[str, object]:
+        # A torch.Generator cannot cross into a spawned process (torch.multiprocessing shares its state tensor
+        # through a file descriptor the child fails to map), so it travels as the seed and the state's bytes.
+        return {"seed": self.seed, "state": bytes(self._generator.get_state().numpy().tobytes())}
+
+    def __setstate__(self, saved: dict[str, object]) -> None:
+        seed, state = saved["seed"], saved["state"]
+        assert isinstance(seed, int) and isinstance(state, bytes)
+        self.seed = seed
+        self._generator = torch.Generator()
+        self._generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+
     def restore(self, state: Tensor | None) -> None:
         """Continue from a state returned by :meth:`state`; ``None`` leaves the generator as it is."""
         if state is not None:
