@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -23,6 +22,7 @@ from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.schedule import Mode, validate_horizon, validate_mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.rules.base import CreditRule, GradReady, RuleSetup, RuleStep
+from lightning_mpc.rules.head_state import head_specs_state, rebuild_heads
 
 __all__ = ["HEADS_ATTRIBUTE", "MPCRule", "heads_from_state"]
 
@@ -179,8 +179,7 @@ class MPCRule(CreditRule):
         return {} if self._heads is None else {HEADS_ATTRIBUTE: self._heads}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        specs = self.head_specs
-        return {"head_specs": None if specs is None else [spec.to_dict() for spec in specs]}
+        return head_specs_state(self.head_specs)
 
     def restore_modules(self, module: nn.Module, state: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
         if getattr(module, HEADS_ATTRIBUTE, None) is not None:
@@ -218,8 +217,10 @@ class MPCRule(CreditRule):
         self.engine = None
 
 
-def heads_from_state(module: nn.Module, state: Mapping[str, Any], state_dict: Mapping[str, Any]) -> nn.ModuleList | None:
-    """Heads shaped like those saved in ``state_dict`` (``mpc_heads.*``), or ``None`` when it holds none.
+def heads_from_state(
+    module: nn.Module, state: Mapping[str, Any], state_dict: Mapping[str, Any]
+) -> nn.ModuleList | None:
+    """Local heads shaped like those saved in ``state_dict`` (``mpc_heads.*``), or ``None`` when it holds none.
 
     Uses the saved head specs (built-in heads) or the module's ``configure_heads()`` (custom heads), on the
     device and with the dtype of the saved tensors.
@@ -227,26 +228,11 @@ def heads_from_state(module: nn.Module, state: Mapping[str, Any], state_dict: Ma
     Raises:
         ValueError: if the checkpoint holds heads that cannot be rebuilt.
     """
-    from lightning_mpc.lightning.mixin import MPCMixin
-
-    prefix = f"{HEADS_ATTRIBUTE}."
-    saved = [value for key, value in state_dict.items() if key.startswith(prefix)]
-    if not saved:
-        return None
-    specs = state.get("head_specs")
-    heads: nn.ModuleList | None = None
-    if specs is not None:
-        heads = build_heads([HeadSpec(**spec) for spec in specs])
-    elif isinstance(module, MPCMixin):
-        heads = module.configure_heads()
-    if heads is None:
-        raise ValueError(
-            f"The checkpoint holds local heads ({prefix}*) but {type(module).__name__} cannot rebuild them: "
-            "they were returned by configure_heads() when it was saved. HINT: return the same heads from "
-            "configure_heads(), or load with strict=False to drop them."
-        )
-    first = next((value for value in saved if isinstance(value, torch.Tensor) and value.is_floating_point()), None)
-    if first is not None:
-        heads = heads.to(device=first.device, dtype=first.dtype)
-    return heads
-
+    return rebuild_heads(
+        module,
+        HEADS_ATTRIBUTE,
+        state,
+        state_dict,
+        lambda specs: build_heads([HeadSpec(**s) for s in specs]),
+        "local heads",
+    )

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lightning_mpc.core.hooks import BlockListener
 from lightning_mpc.core.partition import describe
 from lightning_mpc.rules.base import CreditRule, RuleSetup, RuleStep
+from lightning_mpc.rules.head_state import head_specs_state, rebuild_heads
 from lightning_mpc.rules.labels import class_count, class_labels
 from lightning_mpc.rules.sff.functional import (
     GoodnessHead,
@@ -152,7 +153,9 @@ class SFFRule(CreditRule):
                 f"inference must be 'average', 'last' or 'model', got {inference!r}. HINT: use inference='average'."
             )
         if num_classes is not None and num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}. HINT: leave it None to read it from the model.")
+            raise ValueError(
+                f"num_classes must be at least 2, got {num_classes}. HINT: leave it None to read it from the model."
+            )
         self.loss: SFFLoss = loss
         self.margin = float(margin)
         self.logits: Logits = logits
@@ -215,32 +218,21 @@ class SFFRule(CreditRule):
         return {} if self._heads is None else {HEADS_ATTRIBUTE: self._heads}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        specs = self.head_specs
-        return {"head_specs": None if specs is None else [spec.to_dict() for spec in specs]}
+        return head_specs_state(self.head_specs)
 
     def restore_modules(self, module: nn.Module, state: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
         if getattr(module, HEADS_ATTRIBUTE, None) is not None:
             return  # set up already (resuming fit): the state dict loads into the existing heads
-        from lightning_mpc.lightning.mixin import MPCMixin
-
-        saved = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(f"{HEADS_ATTRIBUTE}.")}
-        if not saved:
-            return
-        specs = state.get("head_specs")
-        if specs is not None:
-            heads: nn.ModuleList | None = nn.ModuleList(GoodnessHead(GoodnessHeadSpec.from_dict(s)) for s in specs)
-        else:
-            heads = module.configure_heads() if isinstance(module, MPCMixin) else None
-        if heads is None:
-            raise ValueError(
-                f"The checkpoint holds goodness heads ({HEADS_ATTRIBUTE}.*) but {type(module).__name__} cannot rebuild "
-                "them: they came from configure_heads(). HINT: return the same heads from configure_heads(), or load "
-                "with strict=False to drop them."
-            )
-        first = next((v for v in saved.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
-        if first is not None:
-            heads = heads.to(device=first.device, dtype=first.dtype)
-        setattr(module, HEADS_ATTRIBUTE, heads)
+        heads = rebuild_heads(
+            module,
+            HEADS_ATTRIBUTE,
+            state,
+            checkpoint.get("state_dict", {}),
+            lambda specs: nn.ModuleList(GoodnessHead(GoodnessHeadSpec.from_dict(s)) for s in specs),
+            "goodness heads",
+        )
+        if heads is not None:
+            setattr(module, HEADS_ATTRIBUTE, heads)
 
     # ------------------------------------------------------------------ steps
     def begin_step(self, step: RuleStep) -> BlockListener | None:
