@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/tp_vs_bptt.py                      # about 10 minutes on 2 busy CPU cores
     python benchmarks/tp_vs_bptt.py --steps 300 --search-steps 100 --timing-rounds 1 --out /tmp/tp   # a quick look
+    python benchmarks/tp_vs_bptt.py --cell gru --out /tmp/tp_gru   # the same on an unrolled GRU (linearized TP)
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ from torch import Tensor
 
 from lightning_mpc.data.sequences import ADDING_CONSTANT_MSE, adding, temporal_order
 from lightning_mpc.rules.tp import RNNSequenceModel, tp_backward
-from lightning_mpc.rules.tp.functional import factorize, output_displacements, propagate_targets
+from lightning_mpc.rules.tp.functional import (
+    factorize,
+    output_displacements,
+    propagate_targets,
+    propagate_targets_through_jacobians,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,6 +186,11 @@ class Data:
     y_eval: Tensor
 
 
+def make_model(input_size: int, width: int, output_size: int, cell: Any = "rnn") -> RNNSequenceModel:
+    """The compared network: an unrolled tanh RNN (``cell="rnn"``, the paper's) or GRU, and a linear readout."""
+    return RNNSequenceModel(input_size, width, output_size, cell=cell)
+
+
 def make_data(task: Task, steps: int, batch: int, eval_size: int, seed: int) -> Data:
     x, y = task.make(steps * batch, task.length, generator=torch.Generator().manual_seed(2 * seed))
     x_eval, y_eval = task.make(eval_size, task.length, generator=torch.Generator().manual_seed(2 * seed + 1))
@@ -195,11 +206,12 @@ def train_curve(
     batch: int,
     eval_every: int,
     seed: int,
+    cell: str = "rnn",
 ) -> Curve:
     """Train a fresh model (seeded) for ``steps`` iterations, evaluating every ``eval_every``."""
     lr, r = setting
     torch.manual_seed(seed)
-    model = RNNSequenceModel(task.input_size, 100, task.output_size)
+    model = make_model(task.input_size, 100, task.output_size, cell)
     optimizer = method.optimizer(model, lr)
     curve = Curve(task.name, method.name, lr, r)
 
@@ -247,7 +259,7 @@ class Timing:
     ratio: dict[str, float]
 
 
-def time_iterations(length: int, width: int, batch: int, rounds: int, repeats: int) -> Timing:
+def time_iterations(length: int, width: int, batch: int, rounds: int, repeats: int, cell: str = "rnn") -> Timing:
     """Time every method's iteration in interleaved rounds on the temporal-order task's input size."""
     x, y = temporal_order(batch, length, generator=torch.Generator().manual_seed(0))
     task = TEMPORAL_ORDER
@@ -256,7 +268,7 @@ def time_iterations(length: int, width: int, batch: int, rounds: int, repeats: i
         times: dict[str, float] = {}
         for method in METHODS:
             torch.manual_seed(0)
-            model = RNNSequenceModel(6, width, 4)
+            model = make_model(6, width, 4, cell)
             optimizer = method.optimizer(model, 1e-6)
             train_step(task, method, model, optimizer, x, y)  # warm-up
             samples = []
@@ -271,11 +283,14 @@ def time_iterations(length: int, width: int, batch: int, rounds: int, repeats: i
     return Timing(length, width, batch, ms, ratio)
 
 
-def breakdown(length: int, width: int, batch: int, repeats: int) -> dict[str, float]:
-    """Milliseconds of the parts of one TP iteration (unrolled surrogate; the rest is the parameter step)."""
+def breakdown(length: int, width: int, batch: int, repeats: int, cell: str = "rnn") -> dict[str, float]:
+    """Milliseconds of the parts of one TP iteration (unrolled surrogate; the rest is the parameter step).
+
+    A GRU factorises ``J_t^T J_t + r I`` inside the propagation, once per time step: its factorisation part is 0.
+    """
     x, y = temporal_order(batch, length, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = RNNSequenceModel(6, width, 4)
+    model = make_model(6, width, 4, cell)
     loss = lambda p: F.cross_entropy(p, y)  # noqa: E731
     names = ("forward", "output target", "factorisation", "propagation", "total")
     parts: dict[str, list[float]] = {k: [] for k in names}
@@ -285,9 +300,12 @@ def breakdown(length: int, width: int, batch: int, repeats: int) -> dict[str, fl
         t1 = time.perf_counter()
         _, displacements = output_displacements(model.readout, states, loss, TEMPORAL_ORDER.gamma_h, per_step=False)
         t2 = time.perf_counter()
-        factor = factorize(model.rnn.weight_hh, TEMPORAL_ORDER.r)
+        factor = None if cell == "gru" else factorize(model.rnn.weight_hh, TEMPORAL_ORDER.r)
         t3 = time.perf_counter()
-        propagate_targets(model.rnn, x, states.detach(), displacements, factor)
+        if factor is None:
+            propagate_targets_through_jacobians(model.rnn, x, states.detach(), displacements, TEMPORAL_ORDER.r)
+        else:
+            propagate_targets(model.rnn, x, states.detach(), displacements, factor)
         t4 = time.perf_counter()
         model.zero_grad()
         tp_backward(model, x, loss, gamma_h=TEMPORAL_ORDER.gamma_h, r=TEMPORAL_ORDER.r)
@@ -326,7 +344,7 @@ def run_task(task: Task, args: argparse.Namespace) -> TaskResult:
         search[method.name] = []
         for setting in grid(task, method, args):
             budget = (args.search_steps, args.batch, args.search_eval_every, args.seed)
-            curve = train_curve(task, method, setting, data, *budget)
+            curve = train_curve(task, method, setting, data, *budget, cell=args.cell)
             search[method.name].append(curve)
             print(f"  search {task.name} {method.name} {describe(curve)}: area {curve.area(task):.4f} "
                   f"({curve.seconds:.0f} s{', diverged' if curve.diverged_at else ''})", flush=True)
@@ -338,7 +356,8 @@ def run_task(task: Task, args: argparse.Namespace) -> TaskResult:
     runs.setdefault((TP_UNROLLED, (task.paper_tp_lr, task.r)), []).append("paper")  # the paper's TP: unrolled
     runs.setdefault((BPTT, (task.paper_bptt_lr, None)), []).append("paper")
     for (method, setting), roles in runs.items():
-        curve = train_curve(task, method, setting, data, args.steps, args.batch, args.eval_every, args.seed)
+        budget = (args.steps, args.batch, args.eval_every, args.seed)
+        curve = train_curve(task, method, setting, data, *budget, cell=args.cell)
         curve.role = ", ".join(roles)
         final.append(curve)
         print(f"  final {task.name} {method.name} {describe(curve)}: area {curve.area(task):.4f}, last "
@@ -441,8 +460,8 @@ def write_page(
         "",
         "## Setup",
         "",
-        f"- Model: an explicitly unrolled tanh RNN of width 100 with a linear readout, orthogonal initialisation, "
-        f"zero biases (`RNNSequenceModel`); batches of {args.batch}; seed {args.seed}; every method sees the same "
+        f"- Model: an explicitly unrolled {'GRU' if args.cell == 'gru' else 'tanh RNN'} of width 100 with a linear "
+        f"readout, orthogonal initialisation, zero biases (`RNNSequenceModel(cell={args.cell!r})`); batches of {args.batch}; seed {args.seed}; every method sees the same "
         f"batches in the same order (fresh sequences at every step) and is evaluated on the same {args.eval_size} "
         "held-out sequences.",
         "- TP: `tp_backward` (what `strategy=\"tp\"` runs), linearized targets, plain SGD; `unrolled` differentiates "
@@ -560,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=_ints, default=[200], help="timed batch sizes (length 60, width 100)")
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--cell", choices=["rnn", "gru"], default="rnn", help="recurrent cell (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "rules", help="folder of tp_vs_bptt.md")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: <out>/../img/tp_vs_bptt.png)")
@@ -577,15 +597,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{name}:", flush=True)
         results.append(run_task(tasks[name], args))
     print("timing:", flush=True)
+    timing = (args.timing_rounds, args.timing_repeats, args.cell)
     timings = {
-        "length": [time_iterations(n, 100, args.batch, args.timing_rounds, args.timing_repeats) for n in args.lengths],
-        "width": [time_iterations(60, d, args.batch, args.timing_rounds, args.timing_repeats) for d in args.widths],
+        "length": [time_iterations(n, 100, args.batch, *timing) for n in args.lengths],
+        "width": [time_iterations(60, d, args.batch, *timing) for d in args.widths],
     }
-    batches = [time_iterations(60, 100, b, args.timing_rounds, args.timing_repeats) for b in args.batches]
+    batches = [time_iterations(60, 100, b, *timing) for b in args.batches]
     sizes = [(60, 100, args.batch), (max(args.lengths), 100, args.batch), (60, max(args.widths), args.batch)]
     sizes += [(60, 100, b) for b in args.batches]
     repeats = args.timing_repeats * args.timing_rounds
-    parts = {size: breakdown(*size, repeats) for size in dict.fromkeys(sizes)}
+    parts = {size: breakdown(*size, repeats, args.cell) for size in dict.fromkeys(sizes)}
     for t in [*timings["length"], *timings["width"], *batches]:
         print(f"  L={t.length} d={t.width} B={t.batch}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in t.ms.items()))
     image = args.plot or args.out.parent / "img" / "tp_vs_bptt.png"

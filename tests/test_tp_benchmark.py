@@ -44,3 +44,21 @@ def test_tiny_run_writes_the_page_and_the_plot(benchmark: ModuleType, tmp_path: 
             assert curve.iterations == [0, 3, 6]
     for timing in [*summary["timings"]["length"], *summary["timings"]["width"], *summary["batches"]]:
         assert timing.ratio["BPTT"] == 1.0 and timing.ms["TP (unrolled)"] > 0
+
+
+def test_the_gru_option_trains_and_times_an_unrolled_gru(benchmark: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "rules"
+    summary = benchmark.main(
+        [
+            "--cell", "gru", "--tasks", "temporal_order", "--steps", "4", "--search-steps", "2", "--eval-every", "2",
+            "--search-eval-every", "2", "--eval-size", "8", "--batch", "4", "--tp-lrs", "0.1", "--bptt-lrs", "1e-3",
+            "--lengths", "10", "--widths", "8", "--batches", "4", "--timing-rounds", "1", "--timing-repeats", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    page = (out / "tp_vs_bptt.md").read_text(encoding="utf-8")
+    assert "unrolled GRU of width 100" in page and "cell='gru'" in page
+    for parts in summary["parts"].values():  # a GRU factorises per time step, inside the propagation
+        assert parts["factorisation"] < parts["propagation"]
+    for timing in summary["timings"]["length"]:
+        assert timing.ms["TP (unrolled)"] > 0 and timing.ms["TP (local)"] > 0

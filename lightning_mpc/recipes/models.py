@@ -28,7 +28,7 @@ from lightning_mpc.lightning.mixin import MPCMixin
 from lightning_mpc.recipes.networks import cifar_resnet_depth
 from lightning_mpc.rules.pint.modules import residual_mlp
 from lightning_mpc.rules.tp.functional import Nonlinearity
-from lightning_mpc.rules.tp.modules import Init, RNNSequenceModel
+from lightning_mpc.rules.tp.modules import Cell, Init, RNNSequenceModel
 
 __all__ = [
     "DeepLinear",
@@ -599,8 +599,8 @@ class DeepLinear(MPCMixin, L.LightningModule):
 class RecurrentTask(L.LightningModule):
     """A recurrent network on a sequence task: the model of the ``tp_*`` recipes (target propagation vs BPTT).
 
-    The network is a :class:`~lightning_mpc.rules.tp.RNNSequenceModel` (an explicitly unrolled tanh RNN and a
-    linear readout) in ``self.net``. The loss is cross-entropy for integer targets (temporal order, sequential
+    The network is a :class:`~lightning_mpc.rules.tp.RNNSequenceModel` (an explicitly unrolled tanh RNN, or a
+    GRU with ``cell="gru"``, and a linear readout) in ``self.net``. The loss is cross-entropy for integer targets (temporal order, sequential
     MNIST) and mean squared error for floating-point ones (adding). Under Lightning's default strategy it
     trains with back-propagation through time; under ``strategy="tp"`` with target propagation, with the same
     ``training_step``. Metrics: ``train/loss``, ``val/loss``, ``test/loss``, and ``val/acc``, ``test/acc`` for
@@ -613,6 +613,8 @@ class RecurrentTask(L.LightningModule):
         per_step: a readout at every step (sequence labelling) instead of the last one.
         nonlinearity: ``"tanh"``, ``"identity"`` or ``"relu"`` (back-propagation only).
         init: ``"orthogonal"`` (the paper's) or ``"uniform"``.
+        cell: ``"rnn"`` (the unrolled tanh RNN) or ``"gru"`` (an unrolled GRU; target propagation in the
+            linearized form only).
         lr: SGD learning rate (the paper: 0.1 for target propagation, 1e-5 with momentum 0.9 for BPTT on
             temporal order).
         momentum: SGD momentum.
@@ -627,6 +629,7 @@ class RecurrentTask(L.LightningModule):
         per_step: bool = False,
         nonlinearity: Nonlinearity = "tanh",
         init: Init = "orthogonal",
+        cell: Cell = "rnn",
         lr: float = 0.1,
         momentum: float = 0.0,
         nesterov: bool = False,
@@ -639,7 +642,7 @@ class RecurrentTask(L.LightningModule):
             )
         self.save_hyperparameters()
         self.net = RNNSequenceModel(
-            input_size, hidden_size, output_size, per_step=per_step, nonlinearity=nonlinearity, init=init
+            input_size, hidden_size, output_size, per_step=per_step, nonlinearity=nonlinearity, init=init, cell=cell
         )
         self.lr = lr
         self.momentum = momentum

@@ -25,6 +25,17 @@ One training step of the rule:
    ``"local"`` differentiates each step's layer with its input ``h_{t-1}`` held fixed,
    ``sum_t (d f_t / d theta)^T (h_t - v_t)``: no backward through time, one batched pass over all steps.
 
+**GRU.** A GRU step (:class:`~lightning_mpc.rules.tp.UnrolledGRU`) has no closed-form inverse. Its targets
+travel back in the ``"linearized"`` form through the step's Jacobian ``J_t = d h_t / d h_{t-1}`` (per sample):
+``v_{t-1} = h_{t-1} + (J_t^T J_t + r I)^{-1} J_t^T (v_t - h_t)``, the regularized Gauss-Newton step of
+``argmin_h ||f_t(h) - v_t||^2 + r ||h - h_{t-1}||^2`` from ``h_{t-1}`` (:func:`linearized_inverse_step`,
+:func:`propagate_targets_through_jacobians`): one batched Cholesky factorisation of ``N`` matrices ``d x d``
+per time step, ``O(N d^3)`` per step against the tanh RNN's ``O(N d^2)`` triangular solves after one ``O(d^3)``
+factorisation per training step. The tanh RNN's linearized form is the same step in pre-activation
+coordinates: ``(W^T W + r I)^{-1} W^T`` applied to ``diag(1 / (1 - h_t^2)) (v_t - h_t)``, i.e. with ``J_t``
+replaced by ``W`` and the displacement by its pre-activation image; at ``r = 0`` both are ``J_t^{-1}``.
+The ``"difference"`` and ``"plain"`` forms need the exact regularized inverse, which a GRU lacks: refused.
+
 For a linear RNN with an orthogonal ``W`` and ``r = 0`` the linearized displacement ``v_t - h_t`` equals
 ``-gamma_h`` times back-propagation-through-time's state gradient ``grad_{h_t} loss`` at every step, and the
 layer-local surrogate's gradient is ``gamma_h`` times BPTT's parameter gradient.
@@ -43,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from lightning_mpc.rules.tp.modules import RNNSequenceModel, UnrolledRNN
+    from lightning_mpc.rules.tp.modules import RNNSequenceModel, UnrolledGRU, UnrolledRNN
 
 __all__ = [
     "INVERTIBLE",
@@ -55,8 +66,10 @@ __all__ = [
     "check_sequence",
     "factorize",
     "inverse_jvp",
+    "linearized_inverse_step",
     "output_displacements",
     "propagate_targets",
+    "propagate_targets_through_jacobians",
     "regularized_inverse",
     "tp_backward",
     "tp_backward_from_states",
@@ -161,6 +174,20 @@ def _check_invertible(nonlinearity: str) -> None:
         )
 
 
+def _check_cell(rnn: UnrolledRNN | UnrolledGRU, form: str) -> None:
+    """Raise a ``ValueError`` with a HINT unless target propagation can carry ``form`` targets through ``rnn``."""
+    if rnn.cell == "gru":
+        if form != "linearized":
+            raise ValueError(
+                f"The {form!r} target form needs the exact regularized inverse of a time step, "
+                "argmin_h ||f_t(h) - v||^2 + r ||h||^2, which a GRU step does not have in closed form (its three "
+                "gates depend on h); the GRU propagates targets through its step Jacobian only. "
+                'HINT: use form="linearized"'
+            )
+        return
+    _check_invertible(rnn.nonlinearity)
+
+
 def _inverse_activation(nonlinearity: str, v: Tensor, clamp: float) -> Tensor:
     if nonlinearity == "tanh":
         return torch.atanh(v.clamp(-1.0 + clamp, 1.0 - clamp))
@@ -245,6 +272,73 @@ def inverse_jvp(rnn: UnrolledRNN, h_t: Tensor, direction: Tensor, factor: Tensor
         return _solve(factor, scaled @ rnn.weight_hh)
 
 
+def linearized_inverse_step(jacobian: Tensor, direction: Tensor, r: float) -> Tensor:
+    """``(J^T J + r I)^{-1} J^T direction`` per sample: the regularized Gauss-Newton inverse of a step's Jacobian.
+
+    Args:
+        jacobian: ``J = d h_t / d h_{t-1}``, shape ``(batch, d, d)``.
+        direction: the displacement ``v_t - h_t`` of the step's output, shape ``(batch, d)``.
+        r: the regularization (``r = 0`` gives ``J^{-1}`` for an invertible ``J``).
+
+    Returns:
+        ``(batch, d)``. Costs one batched Cholesky factorisation of ``batch`` matrices ``d x d`` (``O(batch d^3)``).
+
+    Raises:
+        ValueError: if some ``J^T J + r I`` is not positive definite (``r = 0`` with a singular ``J``, or
+            non-finite states).
+    """
+    with torch.no_grad():
+        gram = jacobian.mT @ jacobian
+        gram.diagonal(dim1=-2, dim2=-1).add_(r)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if bool((info != 0).any()) or not bool(torch.isfinite(factor).all()):
+            bad = int((info != 0).nonzero()[0, 0]) if bool((info != 0).any()) else -1
+            raise ValueError(
+                f"J^T J + r I of a step Jacobian ({jacobian.shape[-1]} x {jacobian.shape[-1]}, sample {bad}) is not "
+                f"positive definite with r = {r} (a singular Jacobian with r = 0, or non-finite states: training "
+                "diverged), so the linearized inverse is not defined. HINT: use r > 0 (the rule requires it); if "
+                "training diverged, lower the learning rate or gamma_h."
+            )
+        return torch.cholesky_solve((jacobian.mT @ direction.unsqueeze(-1)), factor).squeeze(-1)
+
+
+def propagate_targets_through_jacobians(
+    rnn: UnrolledGRU,
+    x: Tensor,
+    states: Tensor,
+    displacements: Tensor,
+    r: float,
+) -> Tensor:
+    """Linearized targets ``v_1..v_T`` for a cell without a closed-form inverse (a GRU), through its Jacobians.
+
+    ``v_T = h_T + d_T``; then for ``t = T..2``,
+    ``v_{t-1} = h_{t-1} + (J_t^T J_t + r I)^{-1} J_t^T (v_t - h_t) + d_{t-1}`` with ``J_t = d h_t / d h_{t-1}``
+    (``rnn.step_jacobian(h_{t-1}, x_t)``) per sample: one batched Cholesky factorisation per time step.
+
+    Args:
+        rnn: the cell (``step_jacobian(h, x_t) -> (batch, d, d)``).
+        x: inputs ``(batch, T, input)``.
+        states: ``h_1..h_T``, ``(batch, T, hidden)``.
+        displacements: direct displacements ``(batch, T, hidden)``.
+        r: the regularization.
+
+    Returns:
+        The targets, ``(batch, T, hidden)``, detached.
+    """
+    with torch.no_grad():
+        states = states.detach()
+        targets = torch.empty_like(states)
+        target = states[:, -1] + displacements[:, -1]
+        for i in range(states.shape[1] - 1, -1, -1):  # targets[:, i] is v_{i+1}; its step reads h_i and x[:, i]
+            targets[:, i] = target
+            if i == 0:
+                break
+            jacobian = rnn.step_jacobian(states[:, i - 1], x[:, i])
+            step = linearized_inverse_step(jacobian, target - states[:, i], r)
+            target = states[:, i - 1] + step + displacements[:, i - 1]
+    return targets
+
+
 # --------------------------------------------------------------------------- targets
 def output_displacements(
     readout: nn.Module,
@@ -322,6 +416,11 @@ def propagate_targets(
         The targets, ``(batch, T, hidden)``, detached.
     """
     form = validate_form(form)
+    if rnn.cell != "rnn":
+        raise TypeError(
+            f"propagate_targets inverts a(W h + U x + b) with one factorisation of W_hh, got a {type(rnn).__name__}. "
+            "HINT: use propagate_targets_through_jacobians for a GRU (tp_backward picks it by itself)."
+        )
     _check_invertible(rnn.nonlinearity)
     with torch.no_grad():
         states = states.detach()
@@ -389,7 +488,8 @@ def tp_backward_from_states(
     gradient of the surrogate ``sum_t 1/2 ||h_t - v_t||^2`` (``"unrolled"``: through ``states``' graph, which
     must then be attached to the cell's parameters; ``"local"``: each step's layer on the detached previous
     state). Everything is passed through ``scale`` first. One Cholesky factorisation of
-    ``W^T W + r I`` serves every time step.
+    ``W^T W + r I`` serves every time step of a tanh RNN; a GRU (linearized form only) factorises
+    ``J_t^T J_t + r I`` per sample and time step.
 
     Args:
         model: the network (``model.rnn``, ``model.readout``, ``model.per_step``).
@@ -408,14 +508,14 @@ def tp_backward_from_states(
         The step's :class:`TPResult`.
 
     Raises:
-        ValueError: for a non-invertible cell, bad ``r``, ``form`` or ``surrogate``, sequences of length 0,
-            or an ``"unrolled"`` surrogate on states without a graph.
+        ValueError: for a non-invertible cell, bad ``r``, ``form`` or ``surrogate`` (a GRU takes only
+            ``"linearized"``), sequences of length 0, or an ``"unrolled"`` surrogate on states without a graph.
     """
     rnn = model.rnn
-    _check_invertible(rnn.nonlinearity)
+    form = validate_form(form)
+    _check_cell(rnn, form)
     check_sequence(x, rnn.input_size, type(rnn).__name__)
     r = validate_regularization(r, allow_zero=True)
-    form = validate_form(form)
     surrogate = validate_surrogate(surrogate)
     if not 0.0 < clamp < 1.0:
         raise ValueError(f"clamp must be in (0, 1), got {clamp}. HINT: pass clamp=1e-3.")
@@ -436,15 +536,14 @@ def tp_backward_from_states(
     loss, displacements = output_displacements(
         model.readout, values, loss_fn, gamma_h, per_step=model.per_step, scale=scale
     )
-    factor = factorize(rnn.weight_hh, r)
-    targets = propagate_targets(rnn, inputs, values, displacements, factor, form, clamp)
+    if rnn.cell == "gru":
+        targets = propagate_targets_through_jacobians(rnn, inputs, values, displacements, r)
+    else:
+        factor = factorize(rnn.weight_hh, r)
+        targets = propagate_targets(rnn, inputs, values, displacements, factor, form, clamp)
     with torch.enable_grad():
-        if surrogate == "unrolled":
-            reached = states
-        else:
-            previous = _previous_states(values, h0)
-            drive = F.linear(inputs, rnn.weight_ih, rnn.bias) + F.linear(previous, rnn.weight_hh)
-            reached = activation(rnn.nonlinearity, drive)
+        # local: every step's layer at once, on the detached previous states
+        reached = states if surrogate == "unrolled" else rnn.step(_previous_states(values, h0), inputs)
         gap = reached - targets.to(reached.dtype)
         step_losses = 0.5 * gap.square().sum(dim=(0, 2))
         total = step_losses.sum()

@@ -29,7 +29,7 @@ from lightning_mpc.rules.tp.functional import (
     validate_regularization,
     validate_surrogate,
 )
-from lightning_mpc.rules.tp.modules import RNNSequenceModel, UnrolledRNN
+from lightning_mpc.rules.tp.modules import RNNSequenceModel, UnrolledGRU, UnrolledRNN
 
 __all__ = ["TPRule", "find_sequence_model"]
 
@@ -79,11 +79,12 @@ def find_sequence_model(module: nn.Module, path: str | None = None) -> RNNSequen
             "network as lightning_mpc.rules.tp.RNNSequenceModel(input_size, hidden_size, output_size) (an explicitly "
             "unrolled tanh RNN with a readout); it trains with back-propagation too."
         )
-    bare = [name for name, m in module.named_modules() if isinstance(m, UnrolledRNN)]
+    bare = [(name, m) for name, m in module.named_modules() if isinstance(m, (UnrolledRNN, UnrolledGRU))]
     if bare:
+        name, cell = bare[0]
         raise ValueError(
-            f"{owner}.{bare[0]} is an UnrolledRNN outside an RNNSequenceModel: the rule needs the readout too, to set "
-            "the output target. HINT: hold RNNSequenceModel(input_size, hidden_size, output_size) instead."
+            f"{owner}.{name} is an {type(cell).__name__} outside an RNNSequenceModel: the rule needs the readout too, to set "
+            "the output target. HINT: hold RNNSequenceModel(input_size, hidden_size, output_size) instead (cell='gru' for a GRU)."
         )
     raise ValueError(
         f"{owner} holds no RNNSequenceModel, so target propagation has nothing to train. HINT: build the network as "
@@ -106,7 +107,8 @@ class TPRule(CreditRule):
     Roulet & Harchaoui, "Target Propagation via Regularized Inversion for Recurrent Neural Networks"
     (TMLR 2023, arXiv 2112.01453). Per training step: output target ``v_T = h_T - gamma_h * grad_{h_T} loss``,
     targets propagated backwards in time through regularized layer inverses (one Cholesky factorisation of
-    ``W_hh^T W_hh + r I`` per step, triangular solves per time step), then gradients of
+    ``W_hh^T W_hh + r I`` per step, triangular solves per time step; for a GRU cell, linearized form only, one
+    batched factorisation of ``J_t^T J_t + r I`` per time step), then gradients of
     ``sum_t 1/2 ||h_t - v_t||^2`` for the recurrent cell and of the loss for the readout. The user's optimizer
     steps them (the paper: SGD, learning rate 0.1).
 
@@ -124,7 +126,8 @@ class TPRule(CreditRule):
             equal segments of the sequence (``tp/block_XX/...`` is segment ``XX``, the last one ends at ``T``).
 
     Raises:
-        ValueError: for ``r <= 0``, ``gamma_h <= 0``, an unknown form or surrogate, or ``clamp`` outside (0, 1).
+        ValueError: for ``r <= 0``, ``gamma_h <= 0``, an unknown form or surrogate, or ``clamp`` outside (0, 1);
+            from setup, for a non-invertible cell or a GRU with a form other than ``"linearized"``.
 
     Example::
 
@@ -191,8 +194,14 @@ class TPRule(CreditRule):
     # ------------------------------------------------------------------ setup
     def setup(self, context: RuleSetup) -> None:
         model = find_sequence_model(context.module, self.model_path)
-        nonlinearity = model.rnn.nonlinearity
-        if nonlinearity not in INVERTIBLE:
+        if model.rnn.cell == "gru":
+            if self.form != "linearized":
+                raise ValueError(
+                    f"{type(context.module).__name__}: its RNNSequenceModel has a GRU cell, which has no closed-form "
+                    f"inverse, so the {self.form!r} target form is not defined for it (the GRU propagates targets "
+                    'through its step Jacobian only). HINT: use form="linearized"'
+                )
+        elif (nonlinearity := model.rnn.nonlinearity) not in INVERTIBLE:
             raise ValueError(
                 f"{type(context.module).__name__}: its RNN's nonlinearity {nonlinearity!r} is not invertible, so its "
                 "time steps have no regularized inverse. HINT: build the RNNSequenceModel with nonlinearity='tanh' "

@@ -66,6 +66,12 @@ register_case(
                 "not invertible",
             ),
             BadConfig("fused nn.RNN", lambda: (_FusedRNN(), TPRule()), TypeError, "fused"),
+            BadConfig(
+                "GRU cell has no closed-form inverse for the difference form",
+                lambda: (_module(cell="gru"), TPRule(form="difference")),
+                ValueError,
+                'use form="linearized"',
+            ),
         ],
     )
 )
