@@ -84,14 +84,52 @@ def profiler_active() -> bool:
     return bool(torch._C._autograd._profiler_enabled())
 
 
-def _cpu_memory_events(profiler: Any) -> list[tuple[int, int]]:
-    """``(start_ns, signed bytes)`` of every CPU allocator event the profiler recorded, in time order."""
-    events = []
-    for event in profiler.profiler.kineto_results.events():
-        if event.name() != "[memory]" or event.device_type() != torch.autograd.DeviceType.CPU:
+def _allocation_records(profiler: Any) -> list[tuple[int, int, int]] | None:
+    """``(start_ns, address, signed bytes)`` of every CPU allocator event, or ``None`` if torch gives no addresses."""
+    try:
+        from torch._C._profiler import _EventType
+
+        roots = profiler.profiler.kineto_results.experimental_event_tree()
+    except (AttributeError, ImportError, RuntimeError):
+        return None
+    records = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag != _EventType.Allocation:
             continue
-        events.append((event.start_ns(), int(event.nbytes())))
-    events.sort(key=lambda item: item[0])
+        fields = node.extra_fields
+        if torch.device(fields.device).type == "cpu" and fields.alloc_size != 0:
+            records.append((int(node.start_time_ns), int(fields.ptr), int(fields.alloc_size)))
+    return records
+
+
+def _cpu_memory_events(profiler: Any) -> list[tuple[int, int]]:
+    """``(start_ns, signed bytes)`` of the CPU allocator events that belong to the measured code, in time order.
+
+    A free of memory allocated before the measurement is left out: the profiler reports it with its size when an
+    earlier profiled session allocated it, and counting it would lower the running sum by bytes the measured
+    code never held (the figure would depend on what earlier measurements left alive).
+    """
+    records = _allocation_records(profiler)
+    if records is None:  # no addresses: every event counts
+        events = [
+            (event.start_ns(), int(event.nbytes()))
+            for event in profiler.profiler.kineto_results.events()
+            if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+        ]
+        return sorted(events, key=lambda item: item[0])
+    live: set[int] = set()
+    events = []
+    for start_ns, address, nbytes in sorted(records, key=lambda item: item[0]):
+        if nbytes > 0:
+            live.add(address)
+        elif address in live:
+            live.discard(address)
+        else:
+            continue  # allocated before the measurement began
+        events.append((start_ns, nbytes))
     return events
 
 
