@@ -53,7 +53,9 @@ def test_tied_weights_under_mpc_ddp_with_overlap_equal_one_process(horizon: int)
     single, distributed = TiedClassifier(), TiedClassifier()
     trainer(strategy=MPCStrategy(horizon=horizon), max_epochs=2).fit(single, DataLoader(data, batch_size=joint))
     shards = DataLoader(data, batch_size=joint // 2, sampler=RankShardSampler(samples, joint))
-    strategy = MPCDDPStrategy(horizon=horizon, overlap_communication=True, start_method="spawn")
+    # telemetry off: this test is about the averaged gradients; one CI run saw a rank abort at exit after fit
+    # here (not reproduced), and the telemetry's profiler threads are one suspect
+    strategy = MPCDDPStrategy(horizon=horizon, overlap_communication=True, start_method="spawn", telemetry=False)
     trainer(strategy=strategy, devices=2, max_epochs=2, use_distributed_sampler=False).fit(distributed, shards)
     assert not torch.equal(single.net[0][0].weight, TiedClassifier().net[0][0].weight)
     _assert_same(distributed.net, single.net, atol=1e-6, rtol=1e-5)
