@@ -37,10 +37,11 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 from lightning_mpc import HorizonEngine, partition
+from lightning_mpc.core.blocks import hook_points
 from lightning_mpc.core.heads import infer_heads
 from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.realmem import measure_peak
+from lightning_mpc.core.realmem import RealMemoryMeter, measure_peak
 
 SEED = 0
 CLASSES = 10
@@ -83,6 +84,21 @@ class Setup:
             self.mpc(1)  # every .grad (heads included) exists now
             bp = measure_peak(self.backprop)[1].peak_bytes
             return bp, [measure_peak(self.mpc, h)[1].peak_bytes for h in horizons]
+
+    def block_peaks(self, horizon: int) -> list[int]:
+        """The real peak while each block ran (its forward, its local loss and the window backwards run then)."""
+        meter = RealMemoryMeter()
+        handles = [hook_points(b)[0].register_forward_pre_hook(lambda *_: meter.mark()) for b in self.blocks]
+        try:
+            with preserved_buffers([self.model]):
+                self.mpc(horizon)  # every .grad exists before the measured step
+                with meter:
+                    self.mpc(horizon)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert meter.result is not None
+        return list(meter.result.interval_peaks)
 
     def close(self) -> None:
         self.hooks.remove()
@@ -170,6 +186,7 @@ def run_balance(batch: int, rounds: int, repeats: int, markdown: bool) -> None:
     default.close()
     balanced = Setup.build(model, x, y, balanced_blocks)
     _, (b1, b2) = balanced.peaks((1, 2))
+    per_block = balanced.block_peaks(1)
     balanced.close()
     # Time: both cuts installed on twin models (same weights), one step each per round, ratio per round.
     import copy
@@ -205,6 +222,8 @@ def run_balance(batch: int, rounds: int, repeats: int, markdown: bool) -> None:
     print(f"balanced blocks: {[describe(b) for b in balanced_blocks]} (chosen in {balance_seconds:.1f} s)")
     print(f"BP real peak {bp / 2**20:.1f} MiB; default h1 {d1 / bp:.3f} h2 {d2 / bp:.3f}; "
           f"balanced h1 {b1 / bp:.3f} h2 {b2 / bp:.3f}")  # fmt: skip
+    print("balanced cut, h=1, real peak while each block ran / BP: "
+          + ", ".join(f"{peak / bp:.3f}" for peak in per_block))  # fmt: skip
     print(f"step time balanced / default at h=1: median {median:.3f}, quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}, "
           f"range {min(ratios):.3f}..{max(ratios):.3f} over {rounds} rounds; fastest steps "
           f"{fastest['balanced'] / fastest['default']:.3f}")  # fmt: skip
