@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,10 +52,7 @@ def test_every_page_is_in_the_nav() -> None:
 
 
 def test_window_diagram_script(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("diagrams", ROOT / "docs" / "diagrams.py")
-    assert spec is not None and spec.loader is not None
-    diagrams = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagrams)
+    diagrams = load_script("docs/diagrams.py")
     # sliding: l_j trains block j - h and passes through the blocks between; block: whole windows
     assert diagrams.cells(4, 2, "sliding")[2] == ["", "trains", "passes", ""]
     assert diagrams.cells(4, 2, "block")[1] == ["trains", "trains", "", ""]

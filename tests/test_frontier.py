@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from lightning_mpc.bench import Method, rule_method
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def frontier() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["frontier"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/frontier.py")
 
 
 def test_methods_list_every_row_once(frontier: ModuleType) -> None:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tp_vs_bptt", ROOT / "benchmarks" / "tp_vs_bptt.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tp_vs_bptt"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/tp_vs_bptt.py")
 
 
 def test_tiny_run_writes_the_page_and_the_plot(benchmark: ModuleType, tmp_path: Path) -> None:

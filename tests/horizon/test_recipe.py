@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "deep_linear.py"
+from tests.scripts import load_script
 
 
 def _recipe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deep_linear_recipe", RECIPE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/deep_linear.py", "deep_linear_recipe")
 
 
 def test_whitened_inputs_have_identity_covariance() -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from lightning_mpc.report import write_report
 from tests.report.conftest import LoggedRun
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
 
 def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("check_report_html", ROOT / "docs" / "check_report_html.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/check_report_html.py")
 
 
 def test_chromium_renders_the_page_with_its_figure(logged_run: LoggedRun, tmp_path: Path) -> None:
