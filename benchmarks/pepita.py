@@ -51,8 +51,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_mpc import MPCStrategy, PEPITARule, RealMemoryMeter, RuleStrategy, SavedTensorMeter
-from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.bench import StepTimer, machine_line, quiet_lightning
+from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.recipes import ClassificationData, DropoutMLP
 
 MIB = 2**20

@@ -244,7 +244,7 @@ def part_speed(args: argparse.Namespace, data: Sequence[Tensor]) -> None:
 
     def steps_pint(config: Config) -> PinTResult:
         net.zero_grad(set_to_none=True)
-        loss = lambda out: F.cross_entropy(out, y)  # noqa: E731
+        loss = lambda out: F.cross_entropy(out, y)
         slabs, sweeps, coarsening = config
         return parallel_in_time(steps, x0, head, loss, slabs, sweeps, coarsening=coarsening)  # type: ignore[arg-type]
 

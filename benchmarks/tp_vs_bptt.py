@@ -291,7 +291,7 @@ def breakdown(length: int, width: int, batch: int, repeats: int, cell: str = "rn
     x, y = temporal_order(batch, length, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = make_model(6, width, 4, cell)
-    loss = lambda p: F.cross_entropy(p, y)  # noqa: E731
+    loss = lambda p: F.cross_entropy(p, y)
     names = ("forward", "output target", "factorisation", "propagation", "total")
     parts: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(repeats + 1):

@@ -61,7 +61,7 @@ class BlockSpan(nn.Sequential):
         self,
         *modules: nn.Module,
         entry: int | nn.Module = 0,
-        exit: int | nn.Module = -1,  # noqa: A002
+        exit: int | nn.Module = -1,
         layout: Layout | None = None,
     ) -> None:
         super().__init__(*modules)

@@ -114,7 +114,7 @@ class SavedTensorMeter:
         self._hooks.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert self._hooks is not None
         self._hooks.__exit__(*exc)
         self._hooks = None

@@ -19,8 +19,8 @@ __all__ = [
     "StrategyRegistryType",
     "is_accumulating",
     "optimizer_steps",
-    "sync_module_states",
     "stage_dataloader_source",
+    "sync_module_states",
     "training_dataloader_source",
     "writes_logs",
 ]

@@ -16,8 +16,9 @@ from lightning_mpc.core.schedule import Mode
 from lightning_mpc.lightning.base import RuleStrategyMixin
 from lightning_mpc.lightning.compat import StrategyRegistryType, is_accumulating, sync_module_states
 from lightning_mpc.lightning.controller import RuleController
-from lightning_mpc.lightning.telemetry import validate_telemetry
+from lightning_mpc.lightning.process_group import destroy_process_group_at_exit
 from lightning_mpc.lightning.strategy import MPCStrategyProperties, partition_options
+from lightning_mpc.lightning.telemetry import validate_telemetry
 from lightning_mpc.rules.base import CreditRule
 from lightning_mpc.rules.mpc.rule import MPCRule
 from lightning_mpc.rules.registry import build_rule
@@ -105,6 +106,11 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
         return self._averager.bytes_communicated
 
     @override
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        destroy_process_group_at_exit()
+
+    @override
     def configure_ddp(self) -> None:
         # Not wrapped: see the class docstring. Parameters are broadcast once the rule's modules exist.
         pass
@@ -143,7 +149,8 @@ class RuleDDPStrategy(RuleStrategyMixin, DDPStrategy):
         self._averager.detach()
         if self._trained_to_the_end and torch.distributed.is_available() and torch.distributed.is_initialized():
             # After a normal end of fit only (after an exception a barrier could wait forever): no process leaves,
-            # and destroys its process group at exit, while another is still in a collective.
+            # and destroys its process group at exit (destroy_process_group_at_exit), while another is still in a
+            # collective.
             self.barrier("lightning_mpc.teardown")
         self._trained_to_the_end = False
         super().teardown()

@@ -13,11 +13,11 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from typing_extensions import override
 
+from lightning_mpc.core.heads import build_heads, head_specs_for
 from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.schedule import Mode, validate_mode
 from lightning_mpc.horizon.selection import HorizonReport
 from lightning_mpc.lightning.auto_horizon import AUTO, DEFAULT_AUTO_BATCHES, AutoHorizon
-from lightning_mpc.core.heads import build_heads, head_specs_for
 from lightning_mpc.lightning.controller import dry_run, module_local_loss
 from lightning_mpc.lightning.mixin import MPCMixin, resolve_blocks
 from lightning_mpc.rules.mpc.rule import HEADS_ATTRIBUTE, MPCRule

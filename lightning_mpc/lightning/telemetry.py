@@ -129,7 +129,7 @@ class MPCTelemetry(Callback):
             config = {**rule.describe(), "partition": [row.to_dict() for row in self.partition or []], "heads": heads,
                       "telemetry": {"alignment_every": self.alignment_every, "memory": self.memory}}
             for logger in wandb_loggers:
-                self._guard("wandb", lambda: wandb_extras.setup_run(  # noqa: B023
+                self._guard("wandb", lambda: wandb_extras.setup_run(
                     logger, rule.metric_prefix, len(rule.blocks), config, [r.to_dict() for r in self.partition or []],
                     optimizer_steps(trainer)))
 
@@ -314,7 +314,7 @@ class MPCTelemetry(Callback):
             modules = [row.module for row in self.partition] if self.partition else []
             rows = session.table_rows(trainer.current_epoch, modules, loss, accuracy)
             for logger in self._wandb_loggers(trainer):
-                self._guard("wandb_epoch", lambda: wandb_extras.log_epoch(  # noqa: B023
+                self._guard("wandb_epoch", lambda: wandb_extras.log_epoch(
                     logger, rule.metric_prefix, TABLE_COLUMNS, rows, session.history_steps, session.history_loss, step))
         session.reset_epoch()
 

@@ -180,7 +180,7 @@ class TelemetrySession:
             headline (whole-network alignment, real peak, back-propagation's predicted peak and the ratio) is
             floats.
         """
-        key = lambda index, name: block_key(self.prefix, index, name)  # noqa: E731
+        key = lambda index, name: block_key(self.prefix, index, name)
         series: dict[str, Tensor | float] = {}
         headline: dict[str, float] = {}
         for index, loss in losses.items():

@@ -223,9 +223,8 @@ def test_window_model_predicts_the_real_peak(name: str) -> None:
 
 
 def test_a_meter_inside_another_profiler_session_refuses_instead_of_corrupting_it() -> None:
-    with RealMemoryMeter():
-        with pytest.raises(RuntimeError, match="another torch.profiler session.*HINT"):
-            RealMemoryMeter().__enter__()
+    with RealMemoryMeter(), pytest.raises(RuntimeError, match="another torch.profiler session.*HINT"):
+        RealMemoryMeter().__enter__()
 
 
 def test_a_free_of_memory_from_an_earlier_measurement_does_not_lower_the_peak() -> None:

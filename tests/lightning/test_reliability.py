@@ -235,7 +235,7 @@ def test_float64_model_reloaded_keeps_float64_heads_and_trains_again(tmp_path: A
 def test_an_error_in_the_wandb_charts_does_not_stop_training(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
-    import lightning_mpc.telemetry.wandb_extras as wandb_extras
+    from lightning_mpc.telemetry import wandb_extras
 
     for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_SILENT"):
         monkeypatch.delenv(name, raising=False)

@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from lightning_mpc.telemetry import block_key as _telemetry_key
 from lightning_mpc.report.series import (
     SECTIONS,
     block_key,
@@ -19,6 +18,7 @@ from lightning_mpc.report.series import (
     series_names,
     summary_rows,
 )
+from lightning_mpc.telemetry import block_key as _telemetry_key
 
 
 def telemetry_key(index: int, name: str) -> str:

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from lightning_mpc import MPCStrategy, MPCTelemetry
-from lightning_mpc.telemetry import block_key as _block_key
-
 from lightning_mpc.report.series import SECTIONS
 from lightning_mpc.report.tensorboard import add_tensorboard_layout, custom_scalars_layout
+from lightning_mpc.telemetry import block_key as _block_key
 from tests.lightning.helpers import Classifier, loader, trainer, vector_data
 
 

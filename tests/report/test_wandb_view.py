@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from lightning_mpc.cli import main
-from lightning_mpc.telemetry import block_key as _block_key
-
 from lightning_mpc.report.series import SECTIONS
 from lightning_mpc.report.wandb_view import STEP_METRIC, build_workspace, import_workspaces, workspace_spec
+from lightning_mpc.telemetry import block_key as _block_key
 
 
 def block_key(index: int, name: str) -> str:

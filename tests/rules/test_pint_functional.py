@@ -256,6 +256,6 @@ def test_residual_step_refuses_a_bad_step_size() -> None:
 
 
 def test_slab_ranges_are_contiguous_and_balanced() -> None:
-    assert slab_ranges(16, 4) == [range(0, 4), range(4, 8), range(8, 12), range(12, 16)]
+    assert slab_ranges(16, 4) == [range(4), range(4, 8), range(8, 12), range(12, 16)]
     assert [len(r) for r in slab_ranges(7, 3)] == [3, 2, 2]
-    assert slab_ranges(5, 1) == [range(0, 5)]
+    assert slab_ranges(5, 1) == [range(5)]

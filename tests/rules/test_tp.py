@@ -55,7 +55,7 @@ def _batch(batch: int = 5, length: int = 7, per_step: bool = False, seed: int = 
     return x, y
 
 
-def _loss(y: Tensor):  # noqa: ANN202
+def _loss(y: Tensor):
     def loss_fn(prediction: Tensor) -> Tensor:
         if prediction.ndim == 3:
             return F.cross_entropy(prediction.flatten(0, 1), y.flatten())
@@ -299,11 +299,11 @@ def test_one_factorisation_per_training_step(form: str, monkeypatch: pytest.Monk
     calls = {"cholesky": 0, "solve": 0}
     cholesky, solve = torch.linalg.cholesky_ex, torch.cholesky_solve
 
-    def counting_cholesky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting_cholesky(*args, **kwargs):
         calls["cholesky"] += 1
         return cholesky(*args, **kwargs)
 
-    def counting_solve(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting_solve(*args, **kwargs):
         calls["solve"] += 1
         return solve(*args, **kwargs)
 

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mpc import RuleStrategy, TPRule
-from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.core.heads import default_local_loss
+from lightning_mpc.core.observer import EngineObserver
 from lightning_mpc.data import temporal_order
 from lightning_mpc.recipes import RecurrentTask
 from lightning_mpc.rules.tp import RNNSequenceModel, UnrolledRNN, find_sequence_model, tp_backward

@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mpc import HorizonEngine, SavedTensorMeter, horizon_backward
 from lightning_mpc.core.memory import preserved_buffers
-from lightning_mpc.core.realmem import measure_peak
 from lightning_mpc.core.observer import EngineObserver
+from lightning_mpc.core.realmem import measure_peak
 from lightning_mpc.telemetry import BlockwiseRatio, StepRecorder, block_hits
 from tests.models import CASES
 

@@ -27,7 +27,7 @@ def _refuse_checkpointing(model: nn.Module) -> None:
         )
 
 
-def _forward_head(model: nn.Module, owns: list[str], entry: str, exit: str) -> BlockSpan:  # noqa: A002
+def _forward_head(model: nn.Module, owns: list[str], entry: str, exit: str) -> BlockSpan:
     """A block that runs ``model.forward_head``; ``owns`` are the modules it calls, ``entry``/``exit`` the first/last."""
     modules = [getattr(model, name) for name in owns if getattr(model, name, None) is not None]
     head = ModelMethod(model, "forward_head", owns=modules)

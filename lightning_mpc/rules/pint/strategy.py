@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from lightning_mpc.lightning.base import RuleStrategyMixin
 from lightning_mpc.lightning.controller import RuleController
+from lightning_mpc.lightning.process_group import destroy_process_group_at_exit
 from lightning_mpc.rules.pint.coarse import DEFAULT_COARSENING
 from lightning_mpc.rules.pint.rule import PinTRule
 
@@ -111,6 +112,7 @@ class PinTStrategy(RuleStrategyMixin, DDPStrategy):
     def setup_distributed(self) -> None:
         if self.num_nodes * self.num_processes > 1:
             super().setup_distributed()
+            destroy_process_group_at_exit()
         else:
             self.set_world_ranks()  # one process: the slabs run in turn, no process group is needed
 
