@@ -362,7 +362,9 @@ class RuleController:
             if not self._warned_skip:
                 rank_zero_warn(
                     "training_step returned None: the batch is skipped. Every gradient the rule wrote for it was "
-                    "removed, so parameters, local heads and optimizer state are as if the batch never ran."
+                    "removed and the rule's own state put back, so parameters, local heads, the rule's modules and "
+                    "optimizer state are as if the batch never ran (BatchNorm statistics move, as in plain "
+                    "Lightning)."
                 )
                 self._warned_skip = True
             return

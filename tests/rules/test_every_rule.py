@@ -129,3 +129,68 @@ def test_bad_configuration_stops_before_training_with_a_hint(case: RuleCase, bad
     for key, value in module.state_dict().items():
         if key in before:
             assert torch.equal(value, before[key]), f"{case.name}: {key} changed before the error"
+
+
+class _SkipsOneBatch(L.Callback):
+    """Snapshots everything a step can change before the skipped batch and again after it."""
+
+    def __init__(self, skipped: int) -> None:
+        self.skipped = skipped
+        self.before: dict[str, object] | None = None
+        self.after: dict[str, object] | None = None
+
+    def _state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, object]:
+        rule = trainer.strategy.rule  # type: ignore[attr-defined]
+        # The network's buffers are left out: the user's forward ran, and BatchNorm statistics move as they do
+        # in plain Lightning. So is .grad: Lightning's zero_grad runs after a skipped training_step as well.
+        return copy.deepcopy(
+            {
+                "parameters": dict(pl_module.named_parameters()),
+                "rule modules": {name: aux.state_dict() for name, aux in rule.auxiliary_modules().items()},
+                "rule state": rule.checkpoint_state(),
+                "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
+            }
+        )
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int) -> None:
+        if batch_idx == self.skipped:
+            self.before = self._state(trainer, pl_module)
+        elif batch_idx == self.skipped + 1:
+            self.after = self._state(trainer, pl_module)
+
+
+def _assert_same(before: object, after: object, where: str) -> None:
+    if isinstance(before, dict):
+        assert isinstance(after, dict) and set(before) == set(after), f"{where}: keys differ"
+        for key in before:
+            _assert_same(before[key], after[key], f"{where}.{key}")
+    elif isinstance(before, (list, tuple)):
+        assert isinstance(after, (list, tuple)) and len(before) == len(after), f"{where}: lengths differ"
+        for i, (b, a) in enumerate(zip(before, after)):
+            _assert_same(b, a, f"{where}[{i}]")
+    elif isinstance(before, torch.Tensor):
+        assert isinstance(after, torch.Tensor) and torch.equal(before, after), f"{where} changed"
+    else:
+        assert before == after, f"{where}: {before!r} became {after!r}"
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_a_batch_whose_training_step_returns_none_changes_nothing(case: RuleCase) -> None:
+    """Returning ``None`` skips the batch under every rule: parameters, the rule's modules (buffers included) and
+    state, and the optimizer state are as they were, although the forward (and the rule's hooks) ran."""
+    module = case.make_module()
+    forward = module.training_step
+    ran: list[int] = []
+
+    def training_step(batch: object, batch_idx: int) -> object:
+        output = forward(batch, batch_idx)  # the rule sees the whole forward of the skipped batch
+        ran.append(batch_idx)
+        return None if batch_idx == 1 else output
+
+    module.training_step = training_step  # type: ignore[method-assign]
+    probe = _SkipsOneBatch(skipped=1)
+    with pytest.warns(UserWarning, match="training_step returned None: the batch is skipped"):
+        _fit(case, module, max_epochs=1, limit_train_batches=3, callbacks=[probe])
+    assert ran == [0, 1, 2], f"{case.name}: the skipped batch's forward did not run"
+    assert probe.before is not None and probe.after is not None
+    _assert_same(probe.before, probe.after, case.name)

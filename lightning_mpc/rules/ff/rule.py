@@ -196,6 +196,9 @@ class FFRule(CreditRule):
         self._blocks: list[nn.Module] = []
         self._peer: FFPeerState | None = None
         self._listener: _Listener | None = None
+        # What a step changes besides .grad (the negative-label draws, peer normalisation's running means),
+        # as it was when the step began: abort() puts it back, so a skipped batch leaves no trace.
+        self._before_step: tuple[Tensor, list[Tensor]] | None = None
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
@@ -325,6 +328,8 @@ class FFRule(CreditRule):
         labels = labels.to(x.device)
         if self.observer is not None:
             self.observer.step_started()
+        peer_means = [] if self._peer is None else [mean.clone() for mean in self._peer.means()]
+        self._before_step = (self.generator.state(), peer_means)
         if self.negatives == "hardest":
             wrong = hardest_negative_labels(
                 self.ff_layers, x, labels, self.num_classes, self.objective, self.score_layers
@@ -353,6 +358,7 @@ class FFRule(CreditRule):
         self._emit("separation", index, result.separation)
 
     def end_forward(self, output: Any) -> None:
+        self._before_step = None
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.restore_grad_mode()
@@ -371,6 +377,14 @@ class FFRule(CreditRule):
         if self._listener is not None:
             self._listener.restore_grad_mode()
         self._listener = None
+        if self._before_step is not None:
+            generator_state, peer_means = self._before_step
+            self.generator.restore(generator_state)
+            if self._peer is not None:
+                with torch.no_grad():
+                    for mean, saved in zip(self._peer.means(), peer_means):
+                        mean.copy_(saved)
+            self._before_step = None
 
     def inference_listener(self) -> BlockListener | None:
         return _Listener(self, training=False) if self._blocks else None
