@@ -194,3 +194,37 @@ def test_a_batch_whose_training_step_returns_none_changes_nothing(case: RuleCase
     assert ran == [0, 1, 2], f"{case.name}: the skipped batch's forward did not run"
     assert probe.before is not None and probe.after is not None
     _assert_same(probe.before, probe.after, case.name)
+
+
+class _FrozenGradients(L.Callback):
+    """Sets every learning rate to 0 (parameters stay where they are) and records ``.grad`` at each step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: object) -> None:
+        self.steps.append(
+            {name: p.grad.detach().clone() for name, p in pl_module.named_parameters() if p.grad is not None}
+        )
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_accumulated_gradient_is_the_mean_of_the_micro_batches_gradients(case: RuleCase) -> None:
+    """With ``accumulate_grad_batches=2`` the gradient at the optimizer step is the mean of the gradients the rule
+    gives each micro-batch on its own (at the same parameters), as Lightning's loss scaling promises."""
+    one_by_one, accumulated = _FrozenGradients(), _FrozenGradients()
+    _fit(case, case.make_module(), max_steps=2, callbacks=[one_by_one])
+    _fit(case, case.make_module(), max_steps=1, accumulate_grad_batches=2, callbacks=[accumulated])
+    assert len(one_by_one.steps) == 2 and len(accumulated.steps) == 1
+    first, second = one_by_one.steps
+    (got,) = accumulated.steps
+    assert set(got) == set(first) | set(second), f"{case.name}: different parameters have gradients"
+    for name, value in got.items():
+        zero = torch.zeros_like(value)
+        expected = (first.get(name, zero) + second.get(name, zero)) / 2
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6, msg=f"{case.name}: {name}")
