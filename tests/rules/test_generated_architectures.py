@@ -13,6 +13,8 @@ gradients are compared with a reference written with nothing but autograd:
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,7 +68,7 @@ def test_ff_layer_gradients_are_each_layers_own_loss(
 ) -> None:
     torch.manual_seed(seed)
     sizes = [features, *widths]
-    layers = [nn.Sequential(nn.Linear(a, b), activation()) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers = [nn.Sequential(nn.Linear(a, b), activation()) for a, b in itertools.pairwise(sizes)]
     x = torch.randn(batch, features)
     labels = torch.randint(0, classes, (batch,))
     wrong = (labels + torch.randint(1, classes, (batch,))) % classes
