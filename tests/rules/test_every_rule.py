@@ -15,7 +15,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_mpc import RuleStrategy, available_rules
-from tests.lightning.helpers import trainer
+from lightning_mpc.rules import build_rule
+from tests.lightning.helpers import loader, trainer, vector_data
+from tests.lightning.test_reliability import SkipAcrossBlocks
 from tests.rules import cases as _cases  # noqa: F401  (registers every case)
 from tests.rules.harness import CASES, BadConfig, RuleCase
 
@@ -228,3 +230,17 @@ def test_accumulated_gradient_is_the_mean_of_the_micro_batches_gradients(case: R
         zero = torch.zeros_like(value)
         expected = (first.get(name, zero) + second.get(name, zero)) / 2
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6, msg=f"{case.name}: {name}")
+
+
+@pytest.mark.parametrize("name", sorted(available_rules()))
+def test_a_skip_connection_across_blocks_is_refused_before_training(name: str) -> None:
+    """No rule trains a forward that skips a block boundary (its gradient path would be lost silently)."""
+    rule = build_rule(name)
+    torch.manual_seed(0)
+    module = SkipAcrossBlocks()
+    before = copy.deepcopy(module.state_dict())
+    expected = r"output of block 0 .* into block 2 .*HINT" if rule.uses_blocks else "HINT"
+    with pytest.raises((RuntimeError, ValueError), match=expected):
+        trainer(strategy=RuleStrategy(rule=rule, telemetry=False), max_steps=2).fit(module, loader(vector_data()))
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), f"{name}: {key} changed before the refusal"
