@@ -244,3 +244,49 @@ def test_a_skip_connection_across_blocks_is_refused_before_training(name: str) -
         trainer(strategy=RuleStrategy(rule=rule, telemetry=False), max_steps=2).fit(module, loader(vector_data()))
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), f"{name}: {key} changed before the refusal"
+
+
+class _ClippedNorms(L.Callback):
+    """Records the network's and each rule module's gradient norm before clipping and after the optimizer step."""
+
+    def __init__(self) -> None:
+        self.before: list[tuple[float, list[float]]] = []
+        self.at_step: list[tuple[float, list[float]]] = []
+
+    @staticmethod
+    def _norms(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[float, list[float]]:
+        auxiliary = trainer.strategy.rule.auxiliary_modules()  # type: ignore[attr-defined]
+        owned = {id(p) for aux in auxiliary.values() for p in aux.parameters()}
+
+        def norm(params: list[torch.nn.Parameter]) -> float:
+            grads = [p.grad for p in params if p.grad is not None]
+            return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+        network = [p for p in pl_module.parameters() if id(p) not in owned]
+        # One clipping group per rule module, and per member of a ModuleList (one local head, one goodness head).
+        members = [m for aux in auxiliary.values() for m in (aux if isinstance(aux, torch.nn.ModuleList) else [aux])]
+        return norm(network), [norm(list(member.parameters())) for member in members]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            # Lightning runs the closure (training_step, backward, clipping) inside optimizer.step: after it, .grad
+            # holds what the update used.
+            optimizer.register_step_post_hook(lambda *_: self.at_step.append(self._norms(trainer, pl_module)))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: object) -> None:
+        self.before.append(self._norms(trainer, pl_module))
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_norm_clipping_bounds_the_network_together_and_each_rule_module_apart(case: RuleCase) -> None:
+    """``gradient_clip_val`` clips the network's parameters as one vector (as without the rule) and each of the
+    rule's modules (each local head) by its own norm (``docs/reliability.md``)."""
+    clip = 1e-3  # below every case's gradient norm: clipping binds
+    probe = _ClippedNorms()
+    _fit(case, case.make_module(), max_steps=2, callbacks=[probe], gradient_clip_val=clip)
+    assert len(probe.before) == len(probe.at_step) == 2
+    for (network_before, _), (network, modules) in zip(probe.before, probe.at_step):
+        assert network_before > clip, f"{case.name}: the test needs clipping to bind"
+        assert network == pytest.approx(clip, rel=1e-4), f"{case.name}: network norm {network} after clipping"
+        for norm in modules:
+            assert norm <= clip * (1 + 1e-4), f"{case.name}: a rule module's norm {norm} exceeds {clip}"
