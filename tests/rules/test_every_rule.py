@@ -290,3 +290,24 @@ def test_norm_clipping_bounds_the_network_together_and_each_rule_module_apart(ca
         assert network == pytest.approx(clip, rel=1e-4), f"{case.name}: network norm {network} after clipping"
         for norm in modules:
             assert norm <= clip * (1 + 1e-4), f"{case.name}: a rule module's norm {norm} exceeds {clip}"
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true", "bf16-mixed", "16-true"])
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_every_cpu_precision_trains(case: RuleCase, precision: str) -> None:
+    """Every precision Lightning offers on the CPU trains under every rule; the rule's modules follow the dtype.
+
+    (Target propagation factorises in float32 under 16-bit precisions: CPU Cholesky has no 16-bit kernel.)
+    """
+    module = case.make_module()
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    t = _fit(case, module, max_steps=2, precision=precision)
+    expected = {"64-true": torch.float64, "bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float32)
+    parameters = dict(module.named_parameters())
+    for name, value in parameters.items():
+        assert value.dtype == expected, f"{case.name} {precision}: {name} is {value.dtype}"
+        assert torch.isfinite(value).all(), f"{case.name} {precision}: {name} is not finite"
+    assert any(not torch.equal(parameters[k].float(), v.float()) for k, v in before.items()), f"{case.name}: nothing moved"
+    for attribute, aux in t.strategy.rule.auxiliary_modules().items():  # type: ignore[attr-defined]
+        for value in aux.parameters():
+            assert value.dtype == expected, f"{case.name} {precision}: {attribute} is {value.dtype}"

@@ -202,14 +202,23 @@ def _inverse_activation_slope(nonlinearity: str, h: Tensor, clamp: float) -> Ten
 
 
 # --------------------------------------------------------------------------- the regularized inverse
+def _solver_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of the factorisations: float32 for 16-bit weights (``precision="bf16-true"``, ``"16-true"``),
+    which CPU Cholesky does not support and whose 8 or 11 mantissa bits would lose ``r`` in rounding."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def factorize(weight_hh: Tensor, r: float) -> Tensor:
     """The lower Cholesky factor ``L`` of ``W^T W + r I`` (``W = weight_hh``), computed once per training step.
+
+    In float32 for 16-bit weights; :func:`regularized_inverse` and :func:`inverse_jvp` return the weights' dtype.
 
     Raises:
         ValueError: if ``W^T W + r I`` is not positive definite in the weights' precision (``r = 0`` with a
             singular ``W``, or non-finite weights).
     """
     weight = weight_hh.detach()
+    weight = weight.to(_solver_dtype(weight.dtype))
     gram = weight.mT @ weight
     gram.diagonal().add_(r)
     factor, info = torch.linalg.cholesky_ex(gram)
@@ -235,8 +244,8 @@ def factorize(weight_hh: Tensor, r: float) -> Tensor:
 
 def _solve(factor: Tensor, rows: Tensor) -> Tensor:
     """``(W^T W + r I)^{-1} z`` for every row ``z`` of ``rows`` (any leading shape), with the Cholesky factor."""
-    flat = rows.reshape(-1, rows.shape[-1])
-    return torch.cholesky_solve(flat.mT, factor).mT.reshape(rows.shape)
+    flat = rows.reshape(-1, rows.shape[-1]).to(factor.dtype)
+    return torch.cholesky_solve(flat.mT, factor).mT.reshape(rows.shape).to(rows.dtype)
 
 
 def regularized_inverse(
@@ -287,6 +296,9 @@ def linearized_inverse_step(jacobian: Tensor, direction: Tensor, r: float) -> Te
         ValueError: if some ``J^T J + r I`` is not positive definite (``r = 0`` with a singular ``J``, or
             non-finite states).
     """
+    out_dtype = direction.dtype
+    work = _solver_dtype(jacobian.dtype)
+    jacobian, direction = jacobian.to(work), direction.to(work)
     with torch.no_grad():
         gram = jacobian.mT @ jacobian
         gram.diagonal(dim1=-2, dim2=-1).add_(r)
@@ -299,7 +311,7 @@ def linearized_inverse_step(jacobian: Tensor, direction: Tensor, r: float) -> Te
                 "diverged), so the linearized inverse is not defined. HINT: use r > 0 (the rule requires it); if "
                 "training diverged, lower the learning rate or gamma_h."
             )
-        return torch.cholesky_solve((jacobian.mT @ direction.unsqueeze(-1)), factor).squeeze(-1)
+        return torch.cholesky_solve((jacobian.mT @ direction.unsqueeze(-1)), factor).squeeze(-1).to(out_dtype)
 
 
 def propagate_targets_through_jacobians(
