@@ -311,3 +311,18 @@ def test_every_cpu_precision_trains(case: RuleCase, precision: str) -> None:
     for attribute, aux in t.strategy.rule.auxiliary_modules().items():  # type: ignore[attr-defined]
         for value in aux.parameters():
             assert value.dtype == expected, f"{case.name} {precision}: {attribute} is {value.dtype}"
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_a_frozen_parameter_stays_and_the_others_still_learn(case: RuleCase) -> None:
+    """Fine-tuning with part of the network frozen: the rule writes no gradient into a parameter with
+    ``requires_grad=False`` (it does not move) and every other trainable parameter still gets one."""
+    module = case.make_module()
+    name, frozen = next(iter(module.named_parameters()))
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    probe = _GradientsAtStep()
+    _fit(case, module, max_steps=2, callbacks=[probe])
+    assert frozen.grad is None, f"{case.name}: the rule wrote a gradient into the frozen {name}"
+    assert torch.equal(frozen, before), f"{case.name}: the frozen {name} moved"
+    assert not probe.missing, f"{case.name}: no gradient for {sorted(set(probe.missing))}"
