@@ -326,3 +326,25 @@ def test_a_frozen_parameter_stays_and_the_others_still_learn(case: RuleCase) -> 
     assert frozen.grad is None, f"{case.name}: the rule wrote a gradient into the frozen {name}"
     assert torch.equal(frozen, before), f"{case.name}: the frozen {name} moved"
     assert not probe.missing, f"{case.name}: no gradient for {sorted(set(probe.missing))}"
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_validation_between_training_steps_leaves_training_exactly_as_without_it(case: RuleCase) -> None:
+    """The sanity check and a validation after every training batch (the rule's prediction runs in between)
+    change nothing in what training computes: the state after 4 steps is the same bit for bit."""
+    plain = case.make_module()
+    _fit(case, plain, max_steps=4)
+    interleaved = case.make_module()
+    t = trainer(
+        strategy=RuleStrategy(rule=case.make_rule()),
+        max_steps=4,
+        val_check_interval=1,
+        limit_val_batches=2,
+        num_sanity_val_steps=2,
+        **case.trainer_kwargs,
+    )
+    t.fit(interleaved, case.train_data(), case.train_data())
+    assert t.fit_loop.epoch_loop.val_loop.batch_progress.total.completed >= 8, "validation did not run in between"
+    expected = plain.state_dict()
+    for key, value in interleaved.state_dict().items():
+        assert torch.equal(value, expected[key]), f"{case.name}: {key} differs after interleaved validation"
