@@ -47,14 +47,14 @@ from lightning_mpc.bench import (
     bench_trainer,
     interleaved_rounds,
     machine_line,
+    module_step,
     quiet_lightning,
+    rule_step,
     step_peak,
     time_call,
 )
-from lightning_mpc.core.heads import build_heads, head_specs_for
-from lightning_mpc.core.hooks import BlockHooks
+from lightning_mpc.core.heads import infer_heads
 from lightning_mpc.recipes import MLPClassifier
-from lightning_mpc.rules import RuleSetup, RuleStep
 
 Step = Callable[[], None]
 
@@ -118,53 +118,17 @@ def train(args: argparse.Namespace) -> list[Row]:
 
 
 # --------------------------------------------------------------------------- one step, outside Lightning
-def _ff_step(model: MLPClassifier, x: Tensor, y: Tensor, config: str) -> Callable[[], None]:
+def _ff_step(model: MLPClassifier, x: Tensor, y: Tensor, config: str) -> Step:
     """One FF training step exactly as the rule runs it: FF passes, then the neutral-label forward and readout."""
+    return rule_step(FFRule(**FF_CONFIGS[config]), model, list(model.net), x, y, block_input=x.flatten(1))
+
+
+def _mpc_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Step:
     blocks = list(model.net)
-    rule = FFRule(**FF_CONFIGS[config])
-    example = x.flatten(1)
-    shapes = []
-    with torch.no_grad():
-        h = example
-        for block in blocks:
-            h = block(h)
-            shapes.append(h.shape)
-    rule.setup(RuleSetup(model, blocks, shapes, example[:2], torch.device("cpu"), torch.float32))
-    hooks = BlockHooks(blocks)
-
-    def step() -> None:
-        batch = (x, y)
-        listener = rule.begin_step(RuleStep(batch, lambda p: F.cross_entropy(p, y), None, lambda: example))
-        hooks.attach(listener)
-        loss = F.cross_entropy(model(x), y)
-        hooks.attach(None)
-        rule.end_forward(loss)
-        loss.backward()
-        rule.after_backward()
-
-    return step
-
-
-def _mpc_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Callable[[], None]:
-    blocks = list(model.net)
-    with torch.no_grad():
-        shapes, h = [], x.flatten(1)
-        for block in blocks:
-            h = block(h)
-            shapes.append(h.shape)
-    heads = list(build_heads(head_specs_for(shapes)))
+    heads = list(infer_heads(blocks, x.flatten(1)))
 
     def step() -> None:
         horizon_backward(blocks, heads, x.flatten(1), y, F.cross_entropy, horizon=1)
-
-    return step
-
-
-def bp_step(model: MLPClassifier, x: Tensor, y: Tensor) -> Step:
-    """One back-propagation step: the model's forward, cross-entropy, backward."""
-
-    def step() -> None:
-        F.cross_entropy(model(x), y).backward()
 
     return step
 
@@ -178,7 +142,7 @@ def measure(args: argparse.Namespace, rows: list[Row]) -> tuple[int, str]:
     torch.manual_seed(args.seed)
     x = torch.randn(args.memory_batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.memory_batch,))
-    factories: dict[str, Callable[[MLPClassifier, Tensor, Tensor], Step]] = {"BP": bp_step}
+    factories: dict[str, Callable[[MLPClassifier, Tensor, Tensor], Step]] = {"BP": module_step}
     for label in dict.fromkeys(row.label.split(":")[0] for row in rows):
         if label == "MPC h=1":
             factories[label] = _mpc_step
@@ -215,7 +179,7 @@ def depth_table(args: argparse.Namespace) -> str:
     ]
     for depth in args.depths:
         peaks = {}
-        for label, factory in (("BP", bp_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random negatives"))):
+        for label, factory in (("BP", module_step), ("MPC", _mpc_step), ("FF", lambda m, a, b: _ff_step(m, a, b, "random negatives"))):
             torch.manual_seed(args.seed)
             model = MLPClassifier(num_blocks=depth + 1, hidden=args.hidden, lr=args.lr)
             peaks[label] = _peak(factory(model, x, y), list(model.parameters()))

@@ -32,7 +32,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_mpc import RuleStrategy, SFFRule
@@ -42,14 +41,14 @@ from lightning_mpc.bench import (
     bench_trainer,
     interleaved_rounds,
     machine_line,
+    module_step,
     quiet_lightning,
+    rule_step,
     step_peak,
     time_call,
 )
-from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.lightning.mixin import resolve_blocks
 from lightning_mpc.recipes import MobileNetV3Classifier, ResNetClassifier
-from lightning_mpc.rules import RuleSetup, RuleStep
 
 Step = Callable[[], None]
 
@@ -95,39 +94,9 @@ def accuracy_table(args: argparse.Namespace) -> str:
 
 
 # --------------------------------------------------------------------------- one step, outside Lightning
-def _sff_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Callable[[], None]:
+def _sff_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Step:
     """One SFF step as the rule runs it inside the model's forward (hooks, block losses, detached boundaries)."""
-    blocks = resolve_blocks(model)
-    shapes = []
-    with torch.no_grad():
-        h = x[:2]
-        for block in blocks:
-            h = block(h)
-            shapes.append(h.shape)
-    rule = SFFRule()
-    rule.setup(RuleSetup(model, blocks, shapes, x[:2], torch.device("cpu"), torch.float32))
-    model.sff_heads = rule.heads  # type: ignore[assignment]  # registered as the strategy does
-    hooks = BlockHooks(blocks)
-
-    def step() -> None:
-        listener = rule.begin_step(RuleStep((x, y), lambda p: F.cross_entropy(p, y), None, lambda: x))
-        hooks.attach(listener)
-        loss = F.cross_entropy(model(x), y)
-        hooks.attach(None)
-        rule.end_forward(loss)
-        loss.backward()
-        rule.after_backward()
-
-    return step
-
-
-def bp_step(model: L.LightningModule, x: Tensor, y: Tensor) -> Step:
-    """One back-propagation step: the model's forward, cross-entropy, backward."""
-
-    def step() -> None:
-        F.cross_entropy(model(x), y).backward()
-
-    return step
+    return rule_step(SFFRule(), model, resolve_blocks(model), x, y)
 
 
 def cost_table(args: argparse.Namespace) -> str:
@@ -143,7 +112,7 @@ def cost_table(args: argparse.Namespace) -> str:
             x = torch.randn(args.memory_batch, 1, 28, 28)
             y = torch.randint(0, classes, (args.memory_batch,))
             steps: dict[str, tuple[Step, list[torch.nn.Parameter]]] = {}
-            for method, factory in (("BP", bp_step), ("SFF", _sff_step)):
+            for method, factory in (("BP", module_step), ("SFF", _sff_step)):
                 torch.manual_seed(args.seed)
                 model = build(name, classes, args.lr)
                 model.train()

@@ -3,7 +3,7 @@
 One job per module:
 
 - :mod:`~lightning_mpc.bench.workloads`: networks cut into blocks, their local heads and a batch;
-- :mod:`~lightning_mpc.bench.steps`: one step of back-propagation, activation checkpointing or MPC;
+- :mod:`~lightning_mpc.bench.steps`: one step of back-propagation, activation checkpointing, MPC or any rule;
 - :mod:`~lightning_mpc.bench.memory`: the real peak of a step (gradients allocated beforehand, zeroed in
   place), the window model's prediction, the saved-tensor breakdown and the bytes-per-block fit;
 - :mod:`~lightning_mpc.bench.timing`: interleaved round-robin timing with its spread and the noise flag;
@@ -42,7 +42,9 @@ from lightning_mpc.bench.steps import (
     backprop_step,
     checkpoint_step,
     checkpointed_forward,
+    module_step,
     mpc_step,
+    rule_step,
     sqrt_segment,
     standard_configs,
 )
@@ -83,12 +85,14 @@ __all__ = [
     "machine_line",
     "make_workload",
     "mib",
+    "module_step",
     "mpc_method",
     "mpc_step",
     "prepare_gradients",
     "quiet_lightning",
     "results_table",
     "rule_method",
+    "rule_step",
     "saved_tensor_peak",
     "spread",
     "sqrt_segment",

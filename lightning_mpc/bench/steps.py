@@ -1,4 +1,4 @@
-"""The training steps a benchmark compares on one workload: back-propagation, activation checkpointing, MPC.
+"""The training steps a benchmark compares: back-propagation, activation checkpointing, MPC, any rule.
 
 Each step is a forward and every backward of one batch (no optimizer): the part whose memory and time the
 methods change. Gradients are added to ``.grad``; :func:`lightning_mpc.bench.memory.prepare_gradients`
@@ -11,13 +11,18 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_mpc.bench.workloads import Workload
 from lightning_mpc.core.engine import horizon_backward
+from lightning_mpc.core.heads import block_output_shapes
+from lightning_mpc.core.hooks import BlockHooks
 from lightning_mpc.core.partition import run_blocks
 from lightning_mpc.core.schedule import Mode
+from lightning_mpc.rules.base import CreditRule, RuleSetup, RuleStep
 
 __all__ = [
     "Step",
@@ -25,7 +30,9 @@ __all__ = [
     "backprop_step",
     "checkpoint_step",
     "checkpointed_forward",
+    "module_step",
     "mpc_step",
+    "rule_step",
     "sqrt_segment",
     "standard_configs",
 ]
@@ -82,6 +89,51 @@ def mpc_step(w: Workload, horizon: int, mode: Mode = "sliding") -> Step:
 
     def step() -> None:
         horizon_backward(w.blocks, list(w.heads), w.x, w.y, w.loss_fn, horizon, mode)
+
+    return step
+
+
+def module_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
+    """Back-propagation through a whole model: its forward, cross-entropy on ``y``, one backward."""
+
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+
+    return step
+
+
+def rule_step(
+    rule: CreditRule, model: nn.Module, blocks: Sequence[nn.Module], x: Tensor, y: Tensor, block_input: Tensor | None = None
+) -> Step:
+    """One training step of ``rule`` as its strategy runs it: the rule's listener on the blocks during the model's
+    forward, cross-entropy on ``y`` back-propagated, then the rule's ``after_backward``.
+
+    The rule is set up on a dry run of the blocks (on the CPU, in float32) and its modules are registered on
+    ``model`` as the strategy registers them, so that ``model.parameters()`` includes them.
+
+    Args:
+        rule: the rule, not set up yet.
+        model: the model whose forward runs ``blocks``.
+        blocks: its blocks, in order.
+        x: the batch input (what ``model`` takes).
+        y: the classes.
+        block_input: block 0's input when it is not ``x`` (an MLP flattening its images first).
+    """
+    first = x if block_input is None else block_input
+    shapes = block_output_shapes(blocks, first[:2])
+    rule.setup(RuleSetup(model, list(blocks), shapes, first[:2], torch.device("cpu"), torch.float32))
+    for attribute, module in rule.auxiliary_modules().items():
+        setattr(model, attribute, module)
+    hooks = BlockHooks(blocks)
+
+    def step() -> None:
+        listener = rule.begin_step(RuleStep((x, y), lambda p: F.cross_entropy(p, y), None, lambda: first))
+        hooks.attach(listener)
+        loss = F.cross_entropy(model(x), y)
+        hooks.attach(None)
+        rule.end_forward(loss)
+        loss.backward()
+        rule.after_backward()
 
     return step
 

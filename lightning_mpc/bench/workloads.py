@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mpc.core.engine import iter_parameters
-from lightning_mpc.core.heads import build_heads, head_specs_for
-from lightning_mpc.core.memory import preserved_buffers
+from lightning_mpc.core.heads import block_output_shapes, build_heads, head_specs_for
 from lightning_mpc.core.partition import partition
 from lightning_mpc.recipes.networks import cifar_resnet_depth, mlp_network
 
@@ -78,14 +77,9 @@ class Workload:
 def local_heads(blocks: list[nn.Module], x: Tensor) -> nn.ModuleList:
     """The default local heads of ``blocks`` (pooled + linear on feature maps, linear on vectors).
 
-    Sized by a dry run on ``x`` without gradients; buffers (BatchNorm statistics) are left as they were.
+    Sized by a dry run on ``x`` (:func:`~lightning_mpc.core.heads.block_output_shapes`).
     """
-    shapes = []
-    with torch.no_grad(), preserved_buffers(blocks):
-        for block in blocks:
-            x = block(x)
-            shapes.append(x.shape)
-    return build_heads(head_specs_for(shapes))
+    return build_heads(head_specs_for(block_output_shapes(blocks, x)))
 
 
 def network_blocks(name: str) -> tuple[list[nn.Module], tuple[int, ...], str, str]:

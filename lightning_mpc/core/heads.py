@@ -18,6 +18,7 @@ HeadKind = Literal["vector", "feature_map", "channels_last", "tokens", "per_toke
 __all__ = [
     "HeadSpec",
     "LocalHead",
+    "block_output_shapes",
     "build_heads",
     "default_local_loss",
     "head_specs_for",
@@ -108,11 +109,11 @@ def infer_head_spec(
     )
 
 
-def infer_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
-    """Automatic local heads for ``blocks``, sized by running them on ``x``.
+def block_output_shapes(blocks: Sequence[nn.Module], x: Tensor) -> list[torch.Size]:
+    """The shape of every block's output when ``blocks`` run in turn on ``x`` (a few samples are enough).
 
     The blocks run in eval mode without grad (their modes and buffers are restored), as the strategies'
-    dry run does; the heads follow each block's output shape and layout (:func:`head_specs_for`).
+    dry run does.
     """
     modes = [block.training for block in blocks]
     shapes = []
@@ -126,7 +127,15 @@ def infer_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
     finally:
         for block, mode in zip(blocks, modes):
             block.train(mode)
-    return build_heads(head_specs_for(shapes, blocks))
+    return shapes
+
+
+def infer_heads(blocks: Sequence[nn.Module], x: Tensor) -> nn.ModuleList:
+    """Automatic local heads for ``blocks``, sized by running them on ``x`` (:func:`block_output_shapes`).
+
+    The heads follow each block's output shape and layout (:func:`head_specs_for`).
+    """
+    return build_heads(head_specs_for(block_output_shapes(blocks, x), blocks))
 
 
 def build_heads(specs: Sequence[HeadSpec]) -> nn.ModuleList:

@@ -15,8 +15,6 @@ import torch
 
 __all__ = ["destroy_process_group_at_exit"]
 
-_registered = False
-
 
 def _destroy_process_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -24,11 +22,10 @@ def _destroy_process_group() -> None:
 
 
 def destroy_process_group_at_exit() -> None:
-    """Have this process destroy its default process group at exit (once, whatever the backend).
+    """Have this process destroy its default process group at exit (whatever the backend).
 
-    Idempotent: called after every ``setup_distributed``; the handler is a no-op if the group is already gone.
+    Idempotent: called after every ``setup_distributed``, it keeps one exit handler, a no-op if the group is
+    already gone.
     """
-    global _registered
-    if not _registered:
-        atexit.register(_destroy_process_group)
-        _registered = True
+    atexit.unregister(_destroy_process_group)
+    atexit.register(_destroy_process_group)

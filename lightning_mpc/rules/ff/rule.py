@@ -198,7 +198,7 @@ class FFRule(CreditRule):
         self._listener: _Listener | None = None
         # What a step changes besides .grad (the negative-label draws, peer normalisation's running means),
         # as it was when the step began: abort() puts it back, so a skipped batch leaves no trace.
-        self._before_step: tuple[Tensor, list[Tensor]] | None = None
+        self._before_step: tuple[Tensor | None, list[Tensor]] | None = None
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
@@ -329,7 +329,8 @@ class FFRule(CreditRule):
         if self.observer is not None:
             self.observer.step_started()
         peer_means = [] if self._peer is None else [mean.clone() for mean in self._peer.means()]
-        self._before_step = (self.generator.state(), peer_means)
+        drawn = self.generator.state() if self.negatives == "random" else None  # hardest negatives draw nothing
+        self._before_step = (drawn, peer_means)
         if self.negatives == "hardest":
             wrong = hardest_negative_labels(
                 self.ff_layers, x, labels, self.num_classes, self.objective, self.score_layers
